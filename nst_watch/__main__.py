@@ -1,0 +1,3 @@
+from nst_watch.cli import main
+
+main()

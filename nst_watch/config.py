@@ -1,0 +1,302 @@
+"""Settings: one vocabulary for YAML, CLI flags and the Python API.
+
+The field names of `Preset` and `EngineSettings` are the names users type in
+YAML, the CLI's `--flags` (with dashes) and the keyword arguments of the
+Python API. Validation is pydantic's; this module only turns its errors into
+messages that name the file, the key path and the line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+_LAYER_PREFIXES = ("conv", "relu", "pool")
+_VALID_LAYERS = {
+    f"{kind}{block}_{i}"
+    for block, convs in enumerate((2, 2, 4, 4, 4), start=1)
+    for i in range(1, convs + 1)
+    for kind in ("conv", "relu")
+} | {f"pool{b}" for b in range(1, 6)}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _style_from_string(value: Any) -> Any:
+    return {"path": value} if isinstance(value, (str, Path)) else value
+
+
+class StyleImage(_Strict):
+    """One style image and its share of a blend."""
+
+    path: Path
+    weight: float = Field(1.0, gt=0)
+
+
+class Pyramid(_Strict):
+    """Coarse-to-fine schedule: each scale starts from the previous result.
+
+    Scales run from `min_size` up to the preset's `size` in steps of `factor`.
+    `iterations` lists iterations per scale, coarse to fine (the last value
+    repeats); by default every scale runs the preset's `iterations`.
+    """
+
+    min_size: int = Field(128, ge=16)
+    factor: float = Field(2**0.5, gt=1.0)
+    iterations: list[Annotated[int, Field(ge=0)]] | None = None
+
+
+class OutputSettings(_Strict):
+    """How finished images are written (see nst_watch.photo)."""
+
+    format: Literal["jpeg", "png", "webp", "tiff"] = "jpeg"
+    quality: int = Field(95, ge=1, le=100)
+    bit_depth: Literal[8, 16] = 8
+    icc: Literal["srgb", "keep"] = "srgb"
+    strip_gps: bool = False
+    sidecar: bool = False
+
+
+class Preset(_Strict):
+    """A named, hashable bundle of style images and optimisation settings."""
+
+    name: str = "custom"
+    styles: list[Annotated[StyleImage, BeforeValidator(_style_from_string)]] = Field(min_length=1)
+    style_scale: float = Field(1.0, gt=0, description="style image long edge relative to the output's")
+    size: int = Field(512, ge=16, description="output long edge in pixels")
+    iterations: int = Field(500, ge=0)
+    pyramid: Pyramid | None = None
+    optimizer: Literal["adam", "lbfgs"] = "adam"
+    learning_rate: float = Field(0.02, gt=0, description="Adam step on [0,1] pixels")
+    average: float = Field(0.99, ge=0, lt=1, description="decay of the Adam iterate's moving average; 0 = off")
+    history_size: int = Field(50, ge=1, description="L-BFGS history")
+    content_weight: float = Field(1.0, ge=0)
+    style_weight: float = Field(10.0, ge=0)
+    tv_weight: float = Field(0.0, ge=0)
+    content_layers: list[str] = Field(default_factory=lambda: ["relu4_2"], min_length=1)
+    style_layers: list[str] = Field(
+        default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"], min_length=1
+    )
+    style_layer_weights: list[Annotated[float, Field(ge=0)]] | None = None
+    color: Literal["none", "luminance", "histogram"] = "none"
+    init: Literal["content", "noise", "gray"] = "content"
+    seed: int = 0
+    output: OutputSettings = OutputSettings()
+
+    @field_validator("content_layers", "style_layers")
+    @classmethod
+    def _known_layers(cls, layers: list[str]) -> list[str]:
+        for name in layers:
+            if name not in _VALID_LAYERS:
+                close = difflib.get_close_matches(name, sorted(_VALID_LAYERS), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ValueError(f"unknown VGG19 layer {name!r}{hint}")
+        return layers
+
+    @model_validator(mode="after")
+    def _weights_match_layers(self) -> "Preset":
+        weights = self.style_layer_weights
+        if weights is not None and len(weights) != len(self.style_layers):
+            raise ValueError(
+                f"style_layer_weights has {len(weights)} values but style_layers has {len(self.style_layers)}"
+            )
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the output pixels, except the style images' bytes."""
+        data = self.model_dump(mode="json", exclude={"name", "output"})
+        data["styles"] = [{"weight": s["weight"]} for s in data["styles"]]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+class EngineSettings(_Strict):
+    """The resident engine: where it runs and which VGG19 it loads."""
+
+    device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    weights: str = Field(
+        "torchvision",
+        description="torchvision | caffe:PATH | PATH to a .pth with torchvision key names | random[:SEED] (tests only)",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    pooling: Literal["max", "avg"] = "max"
+    padding: Literal["replicate", "zeros"] = "replicate"
+
+
+class Config(_Strict):
+    """A whole config file."""
+
+    engine: EngineSettings = EngineSettings()
+    presets: dict[str, Preset] = Field(default_factory=dict)
+    max_pixels: int = Field(100_000_000, ge=1, description="largest photo accepted, in pixels")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_presets(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("presets"), dict):
+            data = dict(data)
+            data["presets"] = {
+                name: ({"name": name, **body} if isinstance(body, dict) else body)
+                for name, body in data["presets"].items()
+            }
+        return data
+
+    def preset(self, name: str) -> Preset:
+        try:
+            return self.presets[name]
+        except KeyError:
+            known = ", ".join(sorted(self.presets)) or "none"
+            raise ConfigError(f"no preset named {name!r} (presets in this config: {known})") from None
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and resolve a YAML config; every failure is a ConfigError."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (pass the right path with -c/--config)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings, not {type(data).__name__}")
+    config = validate(Config, data, source=str(path), text=text)
+    return resolve_paths(config, path.parent, source=str(path), text=text)
+
+
+def validate(model: type[BaseModel], data: Any, *, source: str, text: str | None = None):
+    """model.model_validate(data), with errors naming source, key path and line."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(err, model, text) for err in exc.errors()]
+        raise ConfigError(f"{source}: invalid config:\n" + "\n".join(f"  - {line}" for line in lines)) from None
+
+
+def _describe(err: dict, model: type[BaseModel], text: str | None) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    where = _line_of(text, loc) if text else None
+    at = f" (line {where})" if where else ""
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+        return f"{key}{at}: unknown key{hint}"
+    return f"{key}{at}: {err['msg']}"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the model at `loc`, for 'did you mean' hints."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            # a dict of models (presets) or a list: look inside its value type
+            current = _inner_model(current, part)
+            continue
+        current = _inner_model_of_annotation(field.annotation)
+    return sorted(getattr(current, "model_fields", {}) or [])
+
+
+def _inner_model(current: Any, part: Any) -> Any:
+    if current is Config and part not in Config.model_fields:
+        return Preset
+    return current
+
+
+def _inner_model_of_annotation(annotation: Any) -> Any:
+    from typing import get_args
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _inner_model_of_annotation(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _line_of(text: str, loc: tuple) -> int | None:
+    """1-based line of the YAML node at `loc`, or of its nearest ancestor."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        node = _child(node, part)
+        if node is not None:
+            line = node.start_mark.line + 1
+    return line
+
+
+def _child(node: yaml.Node, part: Any) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == str(part):
+                return key if not isinstance(value, (yaml.MappingNode, yaml.SequenceNode)) else value
+        return None
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        return node.value[part]
+    return None
+
+
+def resolve_paths(config: Config, base: Path, *, source: str, text: str | None = None) -> Config:
+    """Make style paths absolute (relative to the config file) and check they exist."""
+    presets = {name: resolve_preset(p, base, source=source, key=f"presets.{name}", text=text)
+               for name, p in config.presets.items()}
+    return config.model_copy(update={"presets": presets})
+
+
+def resolve_preset(preset: Preset, base: Path, *, source: str, key: str, text: str | None = None) -> Preset:
+    styles = []
+    for i, style in enumerate(preset.styles):
+        path = style.path.expanduser()
+        path = path if path.is_absolute() else (base / path)
+        if not path.is_file():
+            where = _line_of(text, tuple(key.split(".")) + ("styles", i)) if text else None
+            at = f" (line {where})" if where else ""
+            raise ConfigError(
+                f"{source}: {key}.styles.{i}.path{at}: style image {path} does not exist "
+                "(fix the path; relative paths are read from the config file's folder)"
+            )
+        styles.append(style.model_copy(update={"path": path.resolve()}))
+    return preset.model_copy(update={"styles": styles})
+
+
+def preset_from_styles(styles: list[str], **settings: Any) -> Preset:
+    """An ad-hoc preset for `nst-watch stylize --style IMG ...`."""
+    preset = validate(Preset, {"name": "custom", "styles": styles, **settings}, source="command line")
+    return resolve_preset(preset, Path.cwd(), source="command line", key="--style")
+
+
+def with_overrides(preset: Preset, **overrides: Any) -> Preset:
+    """The preset with CLI/API overrides applied (None means 'not given'), re-validated."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return preset
+    data = preset.model_dump()
+    data.update(given)
+    return validate(Preset, data, source="command line")

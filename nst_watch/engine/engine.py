@@ -1,0 +1,477 @@
+"""The resident style-transfer engine.
+
+`Engine` loads VGG19 once and keeps it on its device; `stylize()` turns a
+batch of content images plus a preset into stylised images. No files, no
+printing: images come in and go out as tensors, progress goes out through a
+callback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import EngineSettings, Preset
+from ..errors import EngineError
+from . import color
+from .losses import ContentLoss, LayerSum, Scale, StyleLoss, TVLoss, blend_grams, gram_matrix, layer_weights
+from .vgg import FeatureExtractor, build_features
+from .weights import load_weights
+
+log = logging.getLogger("nst_watch.engine")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One report from a running optimisation. Losses are summed over the batch."""
+
+    preset: str
+    images: int  # photos optimised together
+    scale: int  # 1-based pyramid scale
+    scales: int
+    width: int
+    height: int
+    iteration: int  # 1-based, within this scale
+    iterations: int  # at this scale
+    step: int  # 1-based, across all scales
+    steps: int
+    loss: float
+    content: float
+    style: float
+    tv: float
+    elapsed: float  # seconds since stylize() began
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class StylizeResult:
+    image: torch.Tensor  # [3, H, W] float32 on the CPU, RGB in [0, 1]
+    loss: float  # final weighted objective of the returned image
+    content: float
+    style: float
+    tv: float
+    iterations: int
+    seconds: float  # wall time of the batch this image was part of
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Terms:
+    content: torch.Tensor  # [N], weighted
+    style: torch.Tensor
+    tv: torch.Tensor
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.content + self.style + self.tv
+
+
+class StyleTransferLoss(nn.Module):
+    """alpha * content + beta * style + tv_weight * TV, per image (paper eq. 7)."""
+
+    def __init__(self, extractor: FeatureExtractor, content: LayerSum, style: LayerSum, tv: Scale, render):
+        super().__init__()
+        self.extractor = extractor
+        self.content = content
+        self.style = style
+        self.tv = tv
+        self.render = render  # maps the optimised tensor to the RGB image VGG sees
+
+    def forward(self, image: torch.Tensor, *, autocast: bool) -> _Terms:
+        with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=autocast):
+            features = self.extractor(self.render(image))
+        return _Terms(self.content(features), self.style(features), self.tv(image))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EngineError(f"engine.device: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"engine.device: {name} asked for, but no CUDA GPU is visible (use device: auto or cpu)")
+    return device
+
+
+def fit_long_edge(height: int, width: int, long_edge: int) -> tuple[int, int]:
+    scale = long_edge / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def scale_sizes(preset: Preset) -> list[int]:
+    """Long edges of the pyramid's scales, coarse to fine."""
+    pyramid = preset.pyramid
+    sizes = [preset.size]
+    if pyramid is not None:
+        edge = float(preset.size)
+        while edge / pyramid.factor >= pyramid.min_size:
+            edge /= pyramid.factor
+            sizes.append(round(edge))
+    return sizes[::-1]
+
+
+def scale_iterations(preset: Preset, scales: int) -> list[int]:
+    listed = preset.pyramid.iterations if preset.pyramid is not None else None
+    if not listed:
+        return [preset.iterations] * scales
+    return [listed[min(i, len(listed) - 1)] for i in range(scales)]
+
+
+def _digest(tensors: Sequence[torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+class Engine:
+    """A resident VGG19 on one device, ready to stylise.
+
+    >>> engine = Engine(device="auto", weights="torchvision")
+    >>> [result] = engine.stylize([photo], preset, styles=[painting])
+    """
+
+    def __init__(
+        self,
+        device: str = "auto",
+        weights: str = "torchvision",
+        precision: str = "auto",
+        pooling: str = "max",
+        padding: str = "replicate",
+        *,
+        download_progress: bool = True,
+        cache_size: int = 64,
+    ):
+        self.settings = EngineSettings(
+            device=device, weights=weights, precision=precision, pooling=pooling, padding=padding
+        )
+        self.device = resolve_device(device)
+        loaded = load_weights(weights, progress=download_progress)
+        self.weights = loaded
+        self.preprocess = loaded.preprocess
+        self.features = build_features(loaded.state_dict, pooling=pooling, padding=padding).to(self.device)
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.report_every = 1 if self.device.type == "cpu" else 10
+        self.style_passes = 0  # style images run through VGG19 (cache misses cost one each)
+        self._targets: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self._cache_size = cache_size
+
+    @classmethod
+    def from_settings(cls, settings: EngineSettings, **kwargs) -> "Engine":
+        return cls(**settings.model_dump(), **kwargs)
+
+    # --- public API ------------------------------------------------------------
+
+    def stylize(
+        self,
+        contents: Sequence[torch.Tensor],
+        preset: Preset,
+        styles: Sequence[torch.Tensor],
+        progress: ProgressCallback | None = None,
+    ) -> list[StylizeResult]:
+        """Stylise each content image ([3, H, W], RGB in [0, 1]) with `preset`.
+
+        `styles` holds the preset's style images as tensors, in the order of
+        `preset.styles`. Images whose output sizes match are optimised
+        together as one batch with Adam; L-BFGS couples a batch through its
+        shared line search, so with L-BFGS each image runs on its own.
+        Returns one result per content image, in order.
+        """
+        if len(styles) != len(preset.styles):
+            raise ValueError(f"preset {preset.name!r} lists {len(preset.styles)} style images, got {len(styles)}")
+        results: list[StylizeResult | None] = [None] * len(contents)
+        for indices in self._batches(contents, preset):
+            batch = torch.stack([contents[i].to(self.device, torch.float32) for i in indices])
+            for i, result in zip(indices, self._run(batch, preset, styles, progress)):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def cache_clear(self) -> None:
+        self._targets.clear()
+
+    # --- batching and schedule ------------------------------------------------
+
+    def _batches(self, contents: Sequence[torch.Tensor], preset: Preset) -> list[list[int]]:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(contents):
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"content image {i} must be [3, H, W], got {tuple(image.shape)}")
+            groups.setdefault(fit_long_edge(*image.shape[-2:], preset.size), []).append(i)
+        if preset.optimizer == "lbfgs":
+            return [[i] for group in groups.values() for i in group]
+        return list(groups.values())
+
+    def _run(self, batch: torch.Tensor, preset: Preset, styles, progress) -> list[StylizeResult]:
+        start = time.perf_counter()
+        sizes = scale_sizes(preset)
+        iterations = scale_iterations(preset, len(sizes))
+        final_hw = fit_long_edge(*batch.shape[-2:], preset.size)
+        clock = _Clock(preset.name, len(batch), len(sizes), sum(iterations), start, progress, self.report_every)
+        timings = {"style_targets": 0.0}
+        image = None
+        for scale, (edge, steps) in enumerate(zip(sizes, iterations), start=1):
+            hw = fit_long_edge(*batch.shape[-2:], edge) if edge != preset.size else final_hw
+            content = resize(batch, hw)
+            t0 = time.perf_counter()
+            objective, param = self._setup_scale(content, preset, styles, edge, image)
+            timings["style_targets"] += time.perf_counter() - t0
+            clock.begin_scale(scale, hw, steps)
+            image = self._optimise(objective, param, preset, steps, clock)
+        with torch.no_grad():
+            terms = objective(image, autocast=self.bf16)
+            rgb = objective.render(image)
+            if preset.color == "luminance":
+                rgb = color.with_content_chroma(image, resize(batch, final_hw))
+            rgb = rgb.clamp(0, 1)
+        if not torch.isfinite(rgb).all() or not torch.isfinite(terms.total).all():
+            raise EngineError(
+                f"preset {preset.name!r}: the result is not finite after {sum(iterations)} iterations "
+                "(lower learning_rate or style_weight)"
+            )
+        seconds = time.perf_counter() - start
+        timings["total"] = seconds
+        return [
+            StylizeResult(
+                image=rgb[i].float().cpu(),
+                loss=float(terms.total[i]),
+                content=float(terms.content[i]),
+                style=float(terms.style[i]),
+                tv=float(terms.tv[i]),
+                iterations=sum(iterations),
+                seconds=seconds,
+                timings=dict(timings),
+            )
+            for i in range(len(batch))
+        ]
+
+    # --- one scale --------------------------------------------------------------
+
+    def _setup_scale(self, content, preset, styles, edge, previous):
+        layers = list(preset.content_layers) + list(preset.style_layers)
+        extractor = FeatureExtractor(self.features, layers, self.preprocess)
+        luminance = preset.color == "luminance"
+        if luminance:
+            content_y = color.luminance(content)
+            vgg_content = content_y.expand(-1, 3, -1, -1)
+        else:
+            vgg_content = content
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            content_features = extractor(vgg_content)
+        content_loss = LayerSum(
+            {name: ContentLoss(content_features[name]) for name in preset.content_layers}
+        )
+        grams = self._style_targets(extractor, preset, styles, edge, content)
+        weights = layer_weights(preset.style_layers, preset.style_layer_weights)
+        style_loss = LayerSum(
+            {name: Scale(StyleLoss(grams[name]), weights[name]) for name in preset.style_layers}
+        )
+        render = _gray_to_rgb if luminance else _identity
+        objective = StyleTransferLoss(
+            extractor,
+            Scale(content_loss, preset.content_weight),
+            Scale(style_loss, preset.style_weight),
+            Scale(TVLoss(), preset.tv_weight),
+            render,
+        )
+        start = content_y if luminance else content
+        return objective, self._initial(start, preset, previous)
+
+    def _initial(self, content: torch.Tensor, preset: Preset, previous: torch.Tensor | None) -> torch.Tensor:
+        if previous is not None:
+            # Coarse-to-fine: start each scale from the previous scale's result.
+            image = resize(previous.detach(), tuple(content.shape[-2:]))
+        elif preset.init == "content":
+            image = content.clone()
+        elif preset.init == "gray":
+            image = torch.full_like(content, 0.5)
+        else:
+            # Drawn on the CPU so a seed gives the same start on every device.
+            generator = torch.Generator().manual_seed(preset.seed)
+            image = torch.rand(content.shape, generator=generator).to(content)
+        return image.detach().clone().requires_grad_(True)
+
+    def _style_targets(self, extractor, preset: Preset, styles, edge: int, content) -> dict[str, torch.Tensor]:
+        """Blended Gram targets per style layer, cached per (preset, styles, size).
+
+        With colour matching the targets depend on each photo too, so they are
+        per image ([N, C, C]) and the photo joins the cache key.
+        """
+        key = (
+            preset.fingerprint(),
+            _digest(styles),
+            self.settings.weights,
+            edge,
+            _digest([content]) if preset.color != "none" else None,
+        )
+        if key in self._targets:
+            self._targets.move_to_end(key)
+            return self._targets[key]
+        per_image = [self._blended_grams(extractor, preset, styles, edge, c[None]) for c in content] \
+            if preset.color != "none" else [self._blended_grams(extractor, preset, styles, edge, None)]
+        grams = {name: torch.cat([g[name] for g in per_image]) for name in preset.style_layers}
+        self._targets[key] = grams
+        while len(self._targets) > self._cache_size:
+            self._targets.popitem(last=False)
+        return grams
+
+    def _blended_grams(self, extractor, preset, styles, edge, content) -> dict[str, torch.Tensor]:
+        per_style = []
+        for style in styles:
+            style = style.to(self.device, torch.float32)[None]
+            style = resize(style, fit_long_edge(*style.shape[-2:], max(1, round(edge * preset.style_scale))))
+            if preset.color == "histogram":
+                style = color.match_color(style, content)
+            elif preset.color == "luminance":
+                y = color.match_luminance(color.luminance(style), color.luminance(content))
+                style = y.expand(-1, 3, -1, -1)
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                features = extractor(style)
+            self.style_passes += 1
+            per_style.append({name: gram_matrix(features[name]) for name in preset.style_layers})
+        blend = [s.weight for s in preset.styles]
+        return {name: blend_grams([g[name] for g in per_style], blend) for name in preset.style_layers}
+
+    # --- optimisers -------------------------------------------------------------
+
+    def _optimise(self, objective, image, preset: Preset, steps: int, clock: "_Clock") -> torch.Tensor:
+        if steps == 0:
+            return image.detach()
+        if preset.optimizer == "lbfgs":
+            return self._lbfgs(objective, image, preset, steps, clock)
+        return self._adam(objective, image, preset, steps, clock)
+
+    def _adam(self, objective, image, preset, steps, clock) -> torch.Tensor:
+        optimiser = torch.optim.Adam([image], lr=preset.learning_rate)
+        decay = preset.average
+        # Departure from the paper (which uses L-BFGS): Adam on [0,1] pixels with
+        # an exponential moving average of the iterate, as in
+        # style-transfer-pytorch; the average removes Adam's high-frequency
+        # jitter. Its window grows with the run, min(decay, (1+t)/(10+t)), so a
+        # short run is not dragged back towards its starting image.
+        average: torch.Tensor | None = None
+        for i in range(1, steps + 1):
+            optimiser.zero_grad(set_to_none=True)
+            terms = objective(image, autocast=self.bf16)
+            terms.total.sum().backward()
+            optimiser.step()
+            with torch.no_grad():
+                image.clamp_(0, 1)
+                if decay and average is None:
+                    average = image.detach().clone()
+                elif decay:
+                    d = min(decay, (1 + i) / (10 + i))
+                    average.mul_(d).add_(image, alpha=1 - d)
+            clock.tick(i, terms)
+        clock.finish_scale()
+        return (average if average is not None else image).detach()
+
+    def _lbfgs(self, objective, image, preset, steps, clock) -> torch.Tensor:
+        # As neural-style: no line search, one function evaluation per step.
+        optimiser = torch.optim.LBFGS(
+            [image], lr=1.0, max_iter=1, history_size=preset.history_size,
+            tolerance_grad=0.0, tolerance_change=0.0,
+        )
+        last: list[_Terms] = []
+
+        def closure():
+            optimiser.zero_grad(set_to_none=True)
+            terms = objective(image, autocast=self.bf16)
+            total = terms.total.sum()
+            total.backward()
+            last[:] = [terms]
+            return total
+
+        for i in range(1, steps + 1):
+            optimiser.step(closure)
+            with torch.no_grad():
+                # Clamp between steps, never inside the closure (clamping there
+                # is a reported cause of exploding L-BFGS losses).
+                image.clamp_(0, 1)
+            clock.tick(i, last[0])
+        clock.finish_scale()
+        return image.detach()
+
+
+def _identity(image: torch.Tensor) -> torch.Tensor:
+    return image
+
+
+def _gray_to_rgb(luminance: torch.Tensor) -> torch.Tensor:
+    return luminance.expand(-1, 3, -1, -1)
+
+
+class _Clock:
+    """Progress reports and the non-finite watchdog, without a host sync per step.
+
+    The first bad iteration is recorded on the device; it is read (a sync)
+    only at reporting intervals.
+    """
+
+    def __init__(self, preset, images, scales, steps, start, callback, every):
+        self.preset, self.images, self.scales, self.steps = preset, images, scales, steps
+        self.start, self.callback, self.every = start, callback, every
+        self.done = 0
+
+    def begin_scale(self, scale: int, hw: tuple[int, int], iterations: int) -> None:
+        self.scale, self.hw, self.iterations = scale, hw, iterations
+        self.first_bad: torch.Tensor | None = None
+        self.last_terms: _Terms | None = None
+        self.last_i = 0
+
+    def tick(self, i: int, terms: _Terms) -> None:
+        self.done += 1
+        self.last_terms, self.last_i = terms, i
+        total = terms.total.detach().sum()
+        bad = ~torch.isfinite(total)
+        index = torch.full_like(total, float(self.done))
+        if self.first_bad is None:
+            self.first_bad = torch.where(bad, index, torch.full_like(total, -1.0))
+        else:
+            self.first_bad = torch.where((self.first_bad < 0) & bad, index, self.first_bad)
+        if i % self.every == 0 or i == self.iterations:
+            self._check()
+            self._report()
+
+    def finish_scale(self) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        if self.first_bad is not None and float(self.first_bad) >= 0:
+            raise EngineError(
+                f"preset {self.preset!r}: the loss became non-finite at iteration {int(self.first_bad)} "
+                f"(scale {self.scale} of {self.scales}); lower learning_rate or style_weight"
+            )
+
+    def _report(self) -> None:
+        if self.callback is None or self.last_terms is None:
+            return
+        t = self.last_terms
+        content, style, tv = (float(x.detach().sum()) for x in (t.content, t.style, t.tv))
+        self.callback(
+            Progress(
+                preset=self.preset, images=self.images, scale=self.scale, scales=self.scales,
+                width=self.hw[1], height=self.hw[0], iteration=self.last_i, iterations=self.iterations,
+                step=self.done, steps=self.steps, loss=content + style + tv, content=content,
+                style=style, tv=tv, elapsed=time.perf_counter() - self.start,
+            )
+        )

@@ -1,0 +1,63 @@
+"""Renders the engine's Progress events: a rich bar on a terminal, log lines otherwise.
+
+Torch-free: it only reads the event's fields, so the daemon's status view and
+the CLI share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("nst_watch.progress")
+
+
+class ProgressDisplay:
+    """Use as a context manager; call it with each Progress event."""
+
+    def __init__(self, label: str, *, stream=None, plain_interval: float = 5.0):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.plain_interval = plain_interval
+        self._bar = None
+        self._task = None
+        self._last_log = 0.0
+
+    def __enter__(self) -> "ProgressDisplay":
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[detail]}"),
+                console=Console(file=self.stream),
+                transient=False,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.label, total=None, detail="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def __call__(self, event) -> None:
+        detail = (
+            f"scale {event.scale}/{event.scales} {event.width}x{event.height} "
+            f"it {event.iteration}/{event.iterations} loss {event.loss:.4g} "
+            f"(content {event.content:.3g}, style {event.style:.3g})"
+        )
+        if self._bar is not None:
+            self._bar.update(self._task, total=event.steps, completed=event.step, detail=detail)
+            return
+        now = time.monotonic()
+        if event.step == event.steps or now - self._last_log >= self.plain_interval or event.step == 1:
+            self._last_log = now
+            eta = event.elapsed / event.step * (event.steps - event.step)
+            log.info("%s: step %d/%d, %s, eta %.0fs", self.label, event.step, event.steps, detail, eta)

@@ -1,0 +1,58 @@
+"""Shared fixtures: seeded random VGG19 weights and synthetic photos.
+
+Random weights are honest for mechanics, convergence and speed, and
+meaningless for visual quality.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+# Two cores: oversubscribing threads makes every test slower.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def synthetic_photo(height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
+    """A photo-like HxWx3 float32 image in [0,1]: sky gradient, sun, hills, textured ground."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    y /= height
+    x /= width
+    sky = np.stack([0.35 + 0.3 * y, 0.55 + 0.25 * y, 0.9 - 0.1 * y], axis=-1)
+    image = sky
+    cx, cy, r = rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.3), rng.uniform(0.06, 0.12)
+    sun = ((x - cx) ** 2 + (y - cy) ** 2) < r**2
+    image[sun] = [1.0, 0.85, 0.4]
+    horizon = 0.55 + 0.08 * np.sin(x * rng.uniform(4, 9) + rng.uniform(0, 6))
+    ground = y > horizon
+    texture = rng.normal(0, 0.06, (height, width)).astype(np.float32)
+    grass = np.stack([0.25 + texture, 0.5 + 0.2 * (y - 0.5) + texture, 0.2 + 0.5 * texture], axis=-1)
+    image[ground] = grass[ground]
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
+def synthetic_painting(height: int = 64, width: int = 64, seed: int = 1) -> np.ndarray:
+    """A style-like image: bold coloured stripes and swirls."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = rng.uniform(0, 6, 3)
+    freq = rng.uniform(0.2, 0.5, 3)
+    channels = [0.5 + 0.5 * np.sin(freq[c] * (x + 2 * np.sin(y / 5)) + y * freq[(c + 1) % 3] + phase[c]) for c in range(3)]
+    return np.clip(np.stack(channels, axis=-1), 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def random_engine():
+    """One resident engine with seeded random weights, shared by the engine tests."""
+    from nst_watch.engine import Engine
+
+    return Engine(device="cpu", weights="random", precision="fp32")
+
+
+def to_tensor(array: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float()

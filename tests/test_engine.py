@@ -1,0 +1,139 @@
+"""The engine through its public API, on seeded random VGG19 weights."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_painting, synthetic_photo, to_tensor
+from nst_watch.config import Preset
+from nst_watch.engine import Progress
+from nst_watch.engine.color import match_color, rgb_to_ycc
+from nst_watch.errors import EngineError
+
+
+def preset(**settings) -> Preset:
+    return Preset(**{"styles": ["style.png"], "size": 64, "iterations": 20, **settings})
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return to_tensor(synthetic_photo(64, 64, seed=3))
+
+
+@pytest.fixture(scope="module")
+def painting():
+    return to_tensor(synthetic_painting(64, 64, seed=4))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * math.log10(1 / float(((a - b) ** 2).mean()))
+
+
+def test_copy_an_image_from_noise(random_engine, photo, painting):
+    # Only a relu1_1 content loss, started from noise: the optimiser must
+    # rebuild the photo itself.
+    p = preset(content_layers=["relu1_1"], style_weight=0, init="noise", optimizer="lbfgs", iterations=120)
+    [result] = random_engine.stylize([photo], p, [painting])
+    assert psnr(result.image, photo) >= 25
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_style_loss_falls_to_a_tenth_within_100_iterations(random_engine, photo, painting, optimizer):
+    events: list[Progress] = []
+    p = preset(optimizer=optimizer, iterations=100)
+    [result] = random_engine.stylize([photo], p, [painting], progress=events.append)
+    start = events[0].style
+    assert start > 0
+    assert result.style <= 0.10 * start
+    assert [e.iteration for e in events] == list(range(1, 101))
+
+
+def test_luminance_mode_keeps_the_content_chroma(random_engine, photo, painting):
+    [result] = random_engine.stylize([photo], preset(color="luminance"), [painting])
+    out8 = torch.round(result.image * 255) / 255  # as written to an 8-bit file
+    chroma_out = rgb_to_ycc(out8[None])[:, 1:]
+    chroma_in = rgb_to_ycc(photo[None])[:, 1:]
+    assert float((chroma_out - chroma_in).abs().mean()) <= 2 / 255
+    # ...while the luminance did change.
+    assert float((rgb_to_ycc(out8[None])[:, 0] - rgb_to_ycc(photo[None])[:, 0]).abs().mean()) > 2 / 255
+
+
+def test_histogram_matching_gives_the_style_the_content_colours(photo, painting):
+    matched = match_color(painting[None], photo[None])[0]
+    for c in range(3):
+        assert float(matched[c].mean()) == pytest.approx(float(photo[c].mean()), abs=1e-3)
+        assert float(matched[c].std()) == pytest.approx(float(photo[c].std()), rel=1e-2)
+    assert abs(float(painting[0].mean()) - float(photo[0].mean())) > 0.05  # it was different before
+
+
+def test_histogram_mode_runs_end_to_end(random_engine, photo, painting):
+    [result] = random_engine.stylize([photo], preset(color="histogram", iterations=5), [painting])
+    assert torch.isfinite(result.image).all() and result.image.shape == (3, 64, 64)
+
+
+def test_same_seed_same_bytes_other_seed_differs(random_engine, photo, painting):
+    def run(seed):
+        [r] = random_engine.stylize([photo], preset(init="noise", seed=seed, iterations=10), [painting])
+        return (r.image * 255).round().to(torch.uint8).numpy().tobytes()
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_style_targets_are_cached_per_preset_and_size(random_engine, photo, painting):
+    p = preset(iterations=2, style_weight=3.5)  # a fingerprint no other test uses
+    before = random_engine.style_passes
+    random_engine.stylize([photo], p, [painting])
+    assert random_engine.style_passes == before + 1
+    random_engine.stylize([photo], p, [painting])
+    assert random_engine.style_passes == before + 1  # second call: no style forward pass
+    random_engine.stylize([photo], p.model_copy(update={"size": 48}), [painting])
+    assert random_engine.style_passes == before + 2  # another size needs new targets
+
+
+def test_batch_returns_one_result_per_image_at_the_preset_size(random_engine, painting):
+    wide = to_tensor(synthetic_photo(40, 80, seed=1))
+    tall = to_tensor(synthetic_photo(90, 45, seed=2))
+    results = random_engine.stylize([wide, tall, wide], preset(size=48, iterations=3), [painting])
+    assert [tuple(r.image.shape) for r in results] == [(3, 24, 48), (3, 48, 24), (3, 24, 48)]
+
+
+def test_batching_with_adam_is_exact(random_engine, painting):
+    a = to_tensor(synthetic_photo(64, 64, seed=5))
+    b = to_tensor(synthetic_photo(64, 64, seed=6))
+    p = preset(iterations=5)
+    together = random_engine.stylize([a, b], p, [painting])
+    alone = random_engine.stylize([b], p, [painting])
+    # Exact in exact arithmetic (Adam is elementwise); convolution kernels sum
+    # in a batch-dependent order, and Adam's first steps move even pixels with
+    # ~1e-9 gradients by a full learning rate, so allow that noise.
+    diff = (together[1].image - alone[0].image).abs()
+    assert float(diff.mean()) < 1e-3
+    assert together[1].loss == pytest.approx(alone[0].loss, rel=1e-2)
+
+
+def test_pyramid_runs_each_scale_from_the_previous_one(random_engine, photo, painting):
+    events: list[Progress] = []
+    p = preset(size=64, pyramid={"min_size": 32, "factor": 2, "iterations": [4, 2]})
+    [result] = random_engine.stylize([photo], p, [painting], progress=events.append)
+    scales = sorted({(e.scale, e.width) for e in events})
+    assert scales == [(1, 32), (2, 64)]
+    assert result.iterations == 6 and events[-1].step == 6
+    assert result.image.shape == (3, 64, 64)
+
+
+def test_blending_two_styles_and_style_scale(random_engine, photo, painting):
+    other = to_tensor(synthetic_painting(48, 48, seed=9))
+    p = preset(styles=[{"path": "a.png", "weight": 3}, {"path": "b.png", "weight": 1}], style_scale=0.5, iterations=3)
+    [result] = random_engine.stylize([photo], p, [painting, other])
+    assert torch.isfinite(result.image).all()
+    with pytest.raises(ValueError, match="2 style images"):
+        random_engine.stylize([photo], p, [painting])
+
+
+def test_non_finite_loss_stops_with_preset_and_iteration(random_engine, photo, painting):
+    p = preset(name="exploding", style_weight=float("inf"), iterations=5)
+    with pytest.raises(EngineError, match=r"exploding.*iteration 1"):
+        random_engine.stylize([photo], p, [painting])
