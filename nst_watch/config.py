@@ -66,6 +66,12 @@ class OutputSettings(_Strict):
     strip_gps: bool = False
     sidecar: bool = False
 
+    @model_validator(mode="after")
+    def _sixteen_bit_is_tiff(self) -> "OutputSettings":
+        if self.bit_depth == 16 and self.format != "tiff":
+            raise ValueError(f"bit_depth 16 needs format: tiff ({self.format} holds 8 bits per channel)")
+        return self
+
 
 class Preset(_Strict):
     """A named, hashable bundle of style images and optimisation settings."""

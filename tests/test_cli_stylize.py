@@ -132,3 +132,23 @@ def test_weights_where_and_verify(tmp_path):
     assert where.stdout.strip().startswith(str(tmp_path))
     verify = nst("weights", "verify", "--json", env=env)
     assert verify.returncode == 1 and json.loads(verify.stdout)["ok"] is False
+
+
+def test_sixteen_bit_tiff_in_gives_sixteen_bit_tiff_out(tmp_path, images):
+    import tifffile
+
+    _, style = images
+    photo = tmp_path / "deep.tif"
+    pixels = (np.linspace(0, 65535, 48 * 32 * 3) % 65536).astype(np.uint16).reshape(32, 48, 3)
+    tifffile.imwrite(photo, pixels, photometric="rgb")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"engine:\n  weights: random\npresets:\n  deep:\n    styles: [{style.name}]\n"
+                      "    size: 48\n    iterations: 1\n    output:\n      format: tiff\n      bit_depth: 16\n"
+                      "      sidecar: true\n")
+    result = nst("stylize", photo, "-c", config, "--preset", "deep", "--out-dir", tmp_path / "out", "--json")
+    assert result.returncode == 0, result.stderr
+    [record] = json.loads(result.stdout)
+    written = tifffile.imread(record["output"])
+    assert written.dtype == np.uint16 and written.shape == (32, 48, 3)
+    sidecar = json.loads(Path(record["output"] + ".json").read_text())
+    assert sidecar["preset"] == "deep" and len(sidecar["content_sha256"]) == 64

@@ -1,0 +1,88 @@
+"""Photo I/O that photographers can trust (no torch here: the watcher imports it).
+
+Decoding (:func:`load_photo`)
+    Allow-listed formats only (JPEG, PNG, TIFF, WebP; HEIF when the optional
+    pillow-heif is installed), recognised by content, not by name. Symlinks,
+    FIFOs, devices and empty files are refused from ``lstat`` before anything
+    is opened. The pixel count is checked from the header before decoding
+    (``max_pixels``), Pillow's DecompressionBombWarning is an error, and the
+    full decode runs inside error handling so truncated files fail here.
+    EXIF orientation is applied exactly once. The result is float32 sRGB.
+
+Colour
+    Inputs tagged with another profile (Adobe RGB, ProPhoto, Display P3, CMYK
+    with a profile) are converted to sRGB with LittleCMS for the network; the
+    source profile is kept on the Photo. CMYK without a profile is converted
+    with Pillow's simple formula (noted: colours are approximate), never
+    rejected. Untagged RGB and grey are taken as sRGB. Outputs embed sRGB by
+    default; ``icc="keep"`` converts back to an RGB source profile and embeds
+    it (CMYK/grey sources get sRGB, with a note).
+
+Alpha
+    The RGB is stylised as is (the network never sees alpha). The source alpha
+    is kept on the Photo and re-attached, resized to the output, in formats
+    that carry alpha (PNG, WebP, TIFF). JPEG output flattens onto white.
+
+16 bits per channel
+    16-bit TIFF (tifffile) and 16-bit PNG are detected and decoded at full
+    precision into float32 (``bit_depth=16``). Adobe RGB/ProPhoto-style
+    matrix profiles are converted at full precision in numpy; LUT-based and
+    CMYK profiles only at 8 bits (logged and noted). Writing a 16-bit source
+    as 8-bit is logged and reported in ``SaveResult.notes`` and the sidecar;
+    ``bit_depth=16`` writes a 16-bit TIFF. HEIF is decoded at 8 bits.
+
+Metadata
+    EXIF is carried with Orientation=1, new pixel dimensions, no IFD1
+    thumbnail, GPS optionally stripped; XMP is carried (orientation,
+    dimensions and, if asked, GPS updated). IPTC is not written (Pillow
+    cannot). TIFF outputs are written by tifffile for 8 and 16 bits.
+
+Names and writes
+    See :mod:`.naming` (templates, tokens, ``{counter}``) and :mod:`.atomic`
+    (temp file + fsync + no-clobber link; ``clean_temp_files``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from .atomic import TEMP_PREFIX, clean_temp_files
+from .decode import DEFAULT_FORMATS, HEIF_AVAILABLE, Photo, load_photo
+from .encode import SaveResult, save_photo
+from .naming import TOKENS, output_path, render_name, validate_template
+
+__all__ = [
+    "DEFAULT_FORMATS",
+    "HEIF_AVAILABLE",
+    "TEMP_PREFIX",
+    "TOKENS",
+    "Photo",
+    "SaveResult",
+    "clean_temp_files",
+    "load_photo",
+    "output_path",
+    "photo_tokens",
+    "render_name",
+    "save_photo",
+    "validate_template",
+]
+
+
+def photo_tokens(photo: Photo, preset: str, width: int, height: int,
+                 now: datetime | None = None, ext: str | None = None) -> dict:
+    """Template values for `photo` (everything but {counter}, which output_path picks).
+
+    `ext` is the output extension (default: the source's, lower case); pass it
+    when the output format differs from the input's.
+    """
+    now = now or datetime.now()
+    return {
+        "stem": photo.path.stem,
+        "ext": (ext or photo.path.suffix).lstrip(".").lower(),
+        "preset": preset,
+        "date": now.strftime("%Y-%m-%d"),
+        "time": now.strftime("%H%M%S"),
+        "hash8": photo.sha256[:8],
+        "width": str(width),
+        "height": str(height),
+    }

@@ -1,0 +1,508 @@
+"""Decoding untrusted photos into upright sRGB float32 pixels.
+
+The order of checks is the point: lstat before open (a FIFO would block, a
+symlink could point anywhere), magic bytes before Pillow (clear messages and a
+format allow-list), header dimensions before any pixel is decoded, and the
+full decode inside error handling (Pillow opens lazily, so a truncated file
+only fails at load()).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import stat
+import struct
+import sys
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, ImageCms, ImageOps
+
+from nst_watch.errors import PhotoError
+
+from . import color, metadata
+
+log = logging.getLogger("nst_watch.photo")
+
+try:  # optional extra: `pip install nst-watch[heif]`
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_AVAILABLE = True
+except ImportError:
+    HEIF_AVAILABLE = False
+
+BASE_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP")
+DEFAULT_FORMATS = BASE_FORMATS + (("HEIF",) if HEIF_AVAILABLE else ())
+_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
+_RAW_SUFFIXES = {".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".iiq", ".k25", ".kdc",
+                 ".mef", ".mos", ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl",
+                 ".sr2", ".srf", ".srw", ".x3f"}
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error, zlib.error)
+_FILE_KINDS = [(stat.S_ISFIFO, "a FIFO/named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory")]
+
+
+@dataclass
+class Photo:
+    """A decoded photo: upright sRGB pixels plus what is needed to write it back."""
+
+    path: Path
+    pixels: np.ndarray  # float32 HxWx3, sRGB, [0, 1], upright
+    alpha: np.ndarray | None  # float32 HxW in [0, 1], or None
+    bit_depth: int  # 8 or 16 per channel, of the source
+    format: str  # "JPEG", "PNG", "TIFF", "WEBP", "HEIF"
+    icc_profile: bytes | None  # the source profile as embedded
+    color_space: str  # e.g. "sRGB", "Adobe RGB (1998)", "CMYK (untagged)"
+    exif: bytes | None  # EXIF as read, before our edits (TIFF: its descriptive tags)
+    xmp: bytes | None
+    sha256: str  # of the file's bytes
+    notes: list[str] = field(default_factory=list)  # conversions done, things to report
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+
+def load_photo(path, *, max_pixels: int = 100_000_000, formats=DEFAULT_FORMATS) -> Photo:
+    """Decode `path` safely; every failure is a PhotoError with a clear reason."""
+    path = Path(path)
+    allowed = normalise_formats(formats)
+    _check_file(path)
+    if path.suffix.lower() in _RAW_SUFFIXES:
+        raise PhotoError(path, "camera RAW files are not supported", "develop it and export a TIFF or JPEG")
+    with _open_regular(path) as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        f.seek(0)
+        kind = _sniff(path, f, allowed)
+        fields = _decode(path, f, kind, max_pixels)
+    return Photo(path=path, format=kind, sha256=digest, **fields)
+
+
+def normalise_formats(formats) -> tuple[str, ...]:
+    """Upper-case, de-aliased allow-list; ValueError for formats we cannot decode."""
+    names = tuple(_ALIASES.get(str(f).upper(), str(f).upper()) for f in formats)
+    unknown = [n for n in names if n not in BASE_FORMATS + ("HEIF",)]
+    if unknown:
+        raise ValueError(f"unsupported input format(s) {unknown}; choose from JPEG, PNG, TIFF, WEBP, HEIF")
+    return names
+
+
+# --- file checks ----------------------------------------------------------------
+
+
+def _check_file(path: Path) -> None:
+    """lstat-based checks; nothing is opened, so a FIFO cannot block us."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise PhotoError(path, "file not found (moved or deleted before it could be read)") from None
+    except OSError as exc:
+        raise PhotoError(path, f"cannot be examined: {exc.strerror}", permanent=False) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise PhotoError(path, "is a symbolic link; nst-watch does not follow links",
+                         "copy the photo itself into the folder")
+    if not stat.S_ISREG(st.st_mode):
+        what = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "a special file")
+        raise PhotoError(path, f"not a regular file ({what})", "only ordinary photo files can be processed")
+    if st.st_size == 0:
+        raise PhotoError(path, "empty file (0 bytes)", "the copy probably failed; copy the photo again")
+
+
+def _open_regular(path: Path):
+    """Open without following links or blocking, then re-check what we opened."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        f = open(path, "rb", opener=lambda p, _: os.open(p, flags))
+    except PermissionError:
+        raise PhotoError(path, "permission denied reading the file",
+                         "let the user running nst-watch read it", permanent=False) from None
+    except OSError as exc:  # ELOOP: swapped for a symlink since lstat
+        raise PhotoError(path, f"cannot be opened: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise PhotoError(path, "not a regular file (it changed while being checked)")
+    return f
+
+
+def _magic(head: bytes) -> str | None:
+    """Format from the first bytes; also names a few formats we refuse."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[4:8] == b"ftyp":
+        return "HEIF" if head[8:12] in _HEIF_BRANDS else "AVIF" if head[8:12] in (b"avif", b"avis") else None
+    for sig, name in ((b"GIF8", "GIF"), (b"BM", "BMP"), (b"8BPS", "PSD"), (b"%PDF", "PDF"),
+                      (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x0a", "JPEG XL")):
+        if head.startswith(sig):
+            return name
+    return None
+
+
+def _sniff(path: Path, f, allowed: tuple[str, ...]) -> str:
+    head = f.read(32)
+    f.seek(0)
+    kind = _magic(head)
+    if kind is None:
+        raise PhotoError(path, "not a JPEG/PNG/TIFF/WebP image (the content is not a known image format)",
+                         "check that this really is a photo; renaming a file does not convert it")
+    if kind == "HEIF" and not HEIF_AVAILABLE:
+        raise PhotoError(path, "HEIF/HEIC image, but the optional pillow-heif package is not installed",
+                         "pip install 'nst-watch[heif]', or export a JPEG")
+    if kind not in allowed:
+        raise PhotoError(path, f"{kind} images are not in the allowed formats ({', '.join(allowed)})",
+                         "convert the photo, or allow the format in the configuration")
+    return kind
+
+
+# --- decoding -------------------------------------------------------------------
+
+
+def _too_big(path: Path, max_pixels: int, detail: str) -> PhotoError:
+    return PhotoError(path, f"{detail}, over the max_pixels limit of {max_pixels} pixels",
+                      "raise the max_pixels setting or downscale the photo")
+
+
+def _check_size(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise PhotoError(path, f"header declares an empty image ({w}x{h})")
+    if w * h > max_pixels:
+        raise _too_big(path, max_pixels, f"{w}x{h} pixels ({w * h / 1e6:.1f} MP)")
+
+
+def _decode(path: Path, f, kind: str, max_pixels: int) -> dict:
+    notes: list[str] = []
+    # Our own limit is authoritative; Pillow's may only be loosened up to it so
+    # its bomb warning (now an error) never contradicts the user's setting.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = _open_image(path, f, kind, max_pixels)
+            if kind == "TIFF" and (im is None or max(_tiff_bits(im)) > 8):
+                fields = _load_tiff16(path, f, im, max_pixels, notes)
+            elif kind == "PNG" and _png_is_16bit(im):
+                fields = _load_pillow16(path, f, im, notes)
+            else:
+                fields = _load_8bit(path, im, kind, notes)
+        except PhotoError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(found.group(1))} pixels" if found else "the image"
+            raise _too_big(path, max_pixels, size) from exc
+        except MemoryError:
+            raise PhotoError(path, "not enough memory to decode this photo",
+                             "lower max_pixels or free memory", permanent=False) from None
+        except _DECODE_ERRORS as exc:
+            raise PhotoError(path, f"image data is truncated or corrupt ({exc})",
+                             "copy the file again; if it opens elsewhere, re-export it") from exc
+    return {**fields, "notes": notes}
+
+
+def _open_image(path: Path, f, kind: str, max_pixels: int):
+    """Parse the header only (Pillow is lazy) and enforce the pixel limit."""
+    if kind == "PNG":  # IHDR is at a fixed place: check before Pillow parses anything
+        head = f.read(24)
+        f.seek(0)
+        if len(head) == 24 and head[12:16] == b"IHDR":
+            _check_size(path, struct.unpack(">II", head[16:24]), max_pixels)
+    try:
+        im = Image.open(f, formats=[kind])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise
+    except _DECODE_ERRORS as exc:
+        if kind == "TIFF":
+            return None  # e.g. 16-bit grey+alpha: tifffile may still read it
+        raise PhotoError(path, f"not a valid {kind} image: its header cannot be read ({exc})") from exc
+    _check_size(path, im.size, max_pixels)
+    return im
+
+
+def _load_8bit(path: Path, im, kind: str, notes: list[str]) -> dict:
+    im.load()
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        notes.append(f"only the first of {frames} frames/pages was used")
+    icc = im.info.get("icc_profile") or None
+    exif, xmp = _exif_bytes(im, kind), _xmp_bytes(im)
+    orientation = _orientation(im)
+    try:
+        im = ImageOps.exif_transpose(im)  # the one and only place orientation is applied
+    except _DECODE_ERRORS as exc:
+        notes.append(f"EXIF orientation could not be applied ({exc})")
+    else:
+        if orientation != 1:
+            notes.append(f"rotated upright (EXIF orientation {orientation})")
+    base, alpha = _split_alpha(path, im)
+    rgb, space = _srgb_8bit(base, icc, notes)
+    pixels = np.asarray(rgb, dtype=np.float32) / 255.0
+    return dict(pixels=pixels, alpha=alpha, bit_depth=8, icc_profile=icc, color_space=space, exif=exif, xmp=xmp)
+
+
+def _orientation(im) -> int:
+    try:
+        value = im.getexif().get(metadata.ORIENTATION, 1)
+    except _DECODE_ERRORS:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _exif_bytes(im, kind: str) -> bytes | None:
+    raw = im.info.get("exif")
+    if kind != "TIFF" and isinstance(raw, bytes) and raw:
+        return raw
+    try:  # TIFF: the EXIF tags live in the file's own IFD0, among structure tags
+        reduced = metadata.reduce_exif(im.getexif())
+    except _DECODE_ERRORS:
+        return None
+    return reduced.to_bytes() if reduced.ifd0 or reduced.exif or reduced.gps else None
+
+
+def _xmp_bytes(im) -> bytes | None:
+    for key in ("xmp", "XML:com.adobe.xmp"):
+        value = im.info.get(key)
+        if value:
+            return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    value = getattr(im, "tag_v2", {}).get(700)  # TIFF XMLPacket
+    return bytes(value) if isinstance(value, (bytes, bytearray)) and value else None
+
+
+def _split_alpha(path: Path, im):
+    """-> (L/RGB/CMYK image, alpha float32 HxW or None)."""
+    if im.mode in ("P", "RGB", "L") and "transparency" in im.info:  # palette or tRNS colour key
+        im = im.convert("RGBA" if im.mode != "L" else "LA")
+    elif im.mode == "P":
+        im = im.convert("RGB")
+    elif im.mode in ("PA", "RGBa", "La"):
+        im = im.convert("RGBA" if im.mode != "La" else "LA")
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode in ("RGBX", "YCbCr"):
+        im = im.convert("RGB")
+    if im.mode in ("RGBA", "LA"):
+        alpha = np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0
+        return im.convert(im.mode[:-1]), alpha
+    if im.mode not in ("RGB", "L", "CMYK"):
+        raise PhotoError(path, f"unsupported colour mode {im.mode}", "export an 8- or 16-bit RGB, grey or CMYK file")
+    return im, None
+
+
+def _srgb_8bit(im, icc: bytes | None, notes: list[str]):
+    """8-bit L/RGB/CMYK image -> (RGB sRGB image, description of the source space)."""
+    profile = color.open_profile(icc)
+    if icc and profile is None:
+        notes.append("the embedded ICC profile is unreadable; the pixels were taken as sRGB")
+    if profile is None:
+        if im.mode == "CMYK":
+            notes.append("CMYK without an ICC profile: converted with a simple formula, colours are approximate")
+            return im.convert("RGB"), "CMYK (untagged)"
+        return im.convert("RGB"), "sRGB"
+    name = color.describe(profile)
+    if im.mode == "RGB" and color.is_srgb(profile):
+        return im, name
+    try:
+        out = color.to_srgb_image(im, profile)
+    except ImageCms.PyCMSError as exc:
+        notes.append(f"could not convert from {name} ({exc}); the pixels were taken as sRGB")
+        return im.convert("RGB"), name
+    notes.append(f"converted from {name} to sRGB")
+    return out, name
+
+
+# --- 16 bits per channel --------------------------------------------------------
+
+
+def _tiff_bits(im) -> tuple[int, ...]:
+    bits = im.tag_v2.get(258, (8,))
+    return bits if isinstance(bits, tuple) else (bits,)
+
+
+def _png_is_16bit(im) -> bool:
+    return im.mode.startswith("I") or any(";16" in str(_rawmode(t)) for t in im.tile)
+
+
+def _rawmode(tile):
+    args = tile[3]
+    return args[0] if isinstance(args, tuple) else args
+
+
+def _with_rawmode(tile, raw: str):
+    args = tile[3]
+    args = (raw, *args[1:]) if isinstance(args, tuple) else raw
+    return tile._replace(args=args) if hasattr(tile, "_replace") else (*tile[:3], args)
+
+
+def _swap_endian(raw: str) -> str:
+    end = raw[-1]
+    if end == "N":
+        end = "L" if sys.byteorder == "little" else "B"
+    return raw[:-1] + ("L" if end == "B" else "B")
+
+
+def _decode_as(f, kind: str, raw: str):
+    """Re-open and decode with another rawmode -> (uint8 array, loaded image)."""
+    f.seek(0)
+    im = Image.open(f, formats=[kind])
+    im.tile = [_with_rawmode(t, raw) for t in im.tile]
+    im.load()
+    return np.asarray(im), im
+
+
+def _load_pillow16(path: Path, f, im, notes: list[str], kind: str = "PNG") -> dict:
+    """16-bit PNG (or TIFF tifffile cannot decompress) through Pillow's decoders.
+
+    Pillow has no 16-bit RGB mode and keeps only the high byte of each sample.
+    Decoding twice, once with the opposite byte order, yields the low bytes
+    too; Pillow's own decoder does the decompression and PNG unfiltering.
+    """
+    raw = _rawmode(im.tile[0])
+    if im.mode.startswith("I"):  # 16-bit grey: Pillow keeps it whole
+        im.load()
+        arr, meta, channels = np.asarray(im).astype(np.uint16)[..., None], im, "gray"
+    elif raw.startswith("LA;16"):  # 32-bit pixels: the RGBA unpacker copies all four bytes
+        four, meta = _decode_as(f, kind, "RGBA")
+        arr, channels = (four[..., 0::2].astype(np.uint16) << 8) | four[..., 1::2], "gray"
+    elif im.mode in ("RGB", "RGBA") and raw.split(";")[0] == im.mode:
+        hi, meta = _decode_as(f, kind, raw)
+        lo, _ = _decode_as(f, kind, _swap_endian(raw))
+        arr, channels = (hi.astype(np.uint16) << 8) | lo, "rgb"
+    else:
+        raise PhotoError(path, f"unsupported 16-bit layout ({im.mode}, {raw})", "export an 8-bit or 16-bit RGB file")
+    has_alpha = arr.shape[-1] in (2, 4)
+    icc = meta.info.get("icc_profile") or None
+    exif, xmp = _exif_bytes(meta, kind), _xmp_bytes(meta)
+    return _finish16(arr, channels, has_alpha, _orientation(meta), icc, exif, xmp, notes)
+
+
+def _load_tiff16(path: Path, f, im, max_pixels: int, notes: list[str]) -> dict:
+    """16-bit TIFF through tifffile (Pillow would silently drop to 8 bits)."""
+    f.seek(0)
+    with tifffile.TiffFile(f) as tif:
+        page = tif.pages[0]
+        _check_size(path, (page.imagewidth, page.imagelength), max_pixels)
+        if page.sampleformat == 3 or page.bitspersample > 16:
+            kind = "floating-point" if page.sampleformat == 3 else "integer"
+            raise PhotoError(path, f"{page.bitspersample}-bit {kind} TIFFs are not supported", "export a 16-bit TIFF")
+        if 50706 in page.tags:
+            raise PhotoError(path, "DNG (camera RAW) files are not supported", "develop it and export a TIFF or JPEG")
+        if len(tif.pages) > 1:
+            notes.append(f"only the first of {len(tif.pages)} pages was used")
+        try:
+            arr = page.asarray()
+        except (KeyError, ValueError) as exc:
+            if "imagecodecs" not in str(exc):
+                raise
+            if im is not None and (im.mode in ("RGB", "RGBA") or im.mode.startswith("I;16")):
+                return _load_pillow16(path, f, im, notes, kind="TIFF")
+            raise PhotoError(path, f"this TIFF's {page.compression.name} compression needs the imagecodecs package",
+                             "pip install imagecodecs, or save the TIFF uncompressed or with ZIP") from None
+        arr, channels, has_alpha = _tiff_layout(path, page, arr, notes)
+        tags = {t.code: t.value for t in page.tags}
+        depth = 16 if page.bitspersample > 8 else 8
+    icc = bytes(tags[34675]) if 34675 in tags else None
+    xmp = bytes(tags[700]) if isinstance(tags.get(700), (bytes, bytearray)) else None
+    orientation = int(tags.get(274, 1)) if 1 <= int(tags.get(274, 1)) <= 8 else 1
+    exif = _exif_bytes(im, "TIFF") if im is not None else None
+    return _finish16(arr, channels, has_alpha, orientation, icc, exif, xmp, notes, depth)
+
+
+def _tiff_layout(path: Path, page, arr: np.ndarray, notes: list[str]):
+    """tifffile array -> (uint16 HxWxC, "gray"|"rgb"|"cmyk", has_alpha)."""
+    if page.axes == "SYX":
+        arr = np.moveaxis(arr, 0, -1)
+    elif page.axes == "YX":
+        arr = arr[..., None]
+    elif page.axes != "YXS":
+        raise PhotoError(path, f"unsupported TIFF layout {page.axes}", "export a plain RGB or grey TIFF")
+    photometric = int(page.photometric)
+    channels = {0: "gray", 1: "gray", 2: "rgb", 5: "cmyk"}.get(photometric)
+    if channels is None or (channels == "cmyk" and arr.shape[-1] < 4):
+        raise PhotoError(path, f"unsupported TIFF colour model ({page.photometric.name})", "export an RGB TIFF")
+    if page.bitspersample != 16:  # e.g. 12-bit: stretch to the full 16-bit range
+        arr = (arr.astype(np.float64) * (65535 / (2**page.bitspersample - 1))).round()
+    arr = arr.astype(np.uint16)
+    if photometric == 0:  # MinIsWhite
+        arr = 65535 - arr
+    base = {"gray": 1, "rgb": 3, "cmyk": 4}[channels]
+    extras = tuple(int(e) for e in page.extrasamples)
+    has_alpha = arr.shape[-1] > base and extras[:1] in ((1,), (2,))
+    if has_alpha and extras[0] == 1:  # associated (premultiplied) alpha
+        a = arr[..., base : base + 1].astype(np.float64)
+        col = np.where(a > 0, arr[..., :base] * 65535.0 / np.maximum(a, 1), 0)
+        arr = np.concatenate([np.clip(col, 0, 65535).round().astype(np.uint16), arr[..., base : base + 1]], -1)
+        notes.append("premultiplied alpha was un-premultiplied")
+    return arr[..., : base + has_alpha], channels, has_alpha
+
+
+_NUMPY_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """numpy twin of ImageOps.exif_transpose for arrays Pillow cannot hold."""
+    fn = _NUMPY_ORIENT.get(orientation)
+    return np.ascontiguousarray(fn(arr)) if fn else arr
+
+
+def _finish16(arr, channels, has_alpha, orientation, icc, exif, xmp, notes, depth=16) -> dict:
+    arr = apply_orientation(arr, orientation)
+    if orientation != 1:
+        notes.append(f"rotated upright (EXIF orientation {orientation})")
+    values = arr.astype(np.float32) / 65535.0  # float32 holds 16-bit values exactly
+    alpha = np.ascontiguousarray(values[..., -1]) if has_alpha else None
+    values = values[..., :-1] if has_alpha else values
+    rgb, space = _srgb_16(values, channels, icc, notes)
+    return dict(pixels=np.ascontiguousarray(rgb, dtype=np.float32), alpha=alpha, bit_depth=depth,
+                icc_profile=icc, color_space=space, exif=exif, xmp=xmp)
+
+
+def _srgb_16(values: np.ndarray, channels: str, icc: bytes | None, notes: list[str]):
+    """Float 16-bit data -> (float32 sRGB HxWx3, source space description)."""
+    profile = color.open_profile(icc)
+    if channels != "cmyk":
+        rgb = np.repeat(values, 3, axis=-1) if values.shape[-1] == 1 else values
+        if profile is None or color.is_srgb(profile):
+            if icc and profile is None:
+                notes.append("the embedded ICC profile is unreadable; the pixels were taken as sRGB")
+            return rgb, color.describe(profile) if profile else "sRGB"
+        shaper = color.Shaper.parse(icc)
+        if shaper is not None:
+            name = color.describe(profile)
+            notes.append(f"converted from {name} to sRGB at full 16-bit precision")
+            return color.shaper_to_srgb(rgb, shaper), name
+    # LUT-based profiles and CMYK: only LittleCMS can, and only at 8 bits.
+    mode = {"gray": "L", "rgb": "RGB", "cmyk": "CMYK"}[channels]
+    q = np.ascontiguousarray(np.round(values * 255.0).astype(np.uint8))
+    im8 = Image.frombytes(mode, (q.shape[1], q.shape[0]), q.tobytes())
+    rgb8, name = _srgb_8bit(im8, icc, notes)
+    msg = f"16-bit {name} input was converted to sRGB at 8-bit precision (no 16-bit path for this profile)"
+    log.warning("%s", msg)
+    notes.append(msg)
+    return np.asarray(rgb8, dtype=np.float32) / 255.0, name
