@@ -1,0 +1,638 @@
+"""The durable job ledger: one SQLite file shared by the watcher, the workers and `status`.
+
+A *job* is one (photo, preset) pair. Its identity, and so the idempotency key,
+is (content sha256, preset name, preset hash): dropping the same photo twice,
+or restarting the watcher and rescanning a folder, never makes a second job.
+
+States::
+
+    pending --claim--> leased --complete--> done
+       ^                 |  \\--fail(permanent)--> failed
+       |                 |---fail(transient) / lease expired---> pending (after backoff)
+       |                 |                                   or  dead (attempts exhausted)
+       |                 \\--release (graceful shutdown)--> pending (attempt not counted)
+       \\------------------- retry (failed / dead) ---------------------/
+
+Several processes use the file at once (one watcher enqueues, one worker per GPU
+claims, `nst-watch status` reads), so:
+
+* WAL mode: readers never wait for the writer and the writer never waits for
+  readers; `synchronous=FULL` so a committed claim or completion survives a
+  power cut, not only a process crash.
+* Every read-modify-write runs in a short `BEGIN IMMEDIATE` transaction: the
+  write lock is taken before reading, so two workers can never both see a job
+  as pending and both lease it (a deferred transaction would read first and
+  fail with SQLITE_BUSY when upgrading to a write).
+* `busy_timeout` lets a writer wait for another writer's (short) transaction
+  instead of failing with "database is locked".
+* One connection per thread, opened lazily (and again after a fork): sqlite3
+  connections must not be shared between threads or inherited across fork.
+
+Delivery is at-least-once: a worker that crashes mid-job loses its lease, the
+job is claimed again later, so producing an output must be harmless to repeat
+(the photo layer writes a temp file and links it into place).
+
+Only the standard library; no torch import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import NstWatchError
+
+PENDING = "pending"
+LEASED = "leased"
+DONE = "done"
+FAILED = "failed"  # permanent error: retrying cannot help (corrupt, unsupported, too large)
+DEAD = "dead"  # transient errors or lost leases used up max_attempts
+STATES = (PENDING, LEASED, DONE, FAILED, DEAD)
+
+
+class LedgerError(NstWatchError):
+    """The job ledger cannot be opened or used as configured."""
+
+
+@dataclass
+class Job:
+    """One row of the `jobs` table; every column is an attribute.
+
+    Times are unix seconds (floats) from the ledger's clock.
+    """
+
+    id: int
+    sha256: str
+    preset: str
+    preset_hash: str
+    source_path: str  # where the photo was when it was enqueued
+    watch: str | None  # watch name, or None for `submit`
+    output_dir: str | None
+    bucket: str | None  # size bucket such as "768x512": claim batches only within one bucket
+    state: str
+    attempts: int  # claims so far (counted at claim time; see Ledger.claim)
+    max_attempts: int
+    lease_owner: str | None
+    lease_expires: float | None
+    available_at: float  # not claimable before this (backoff)
+    error: str | None  # last error text
+    output_path: str | None
+    created_at: float
+    updated_at: float
+    started_at: float | None  # start of the latest attempt
+    finished_at: float | None  # when it became done / failed / dead
+    priority: int
+    lost_leases: int  # how many attempts ended with the lease expiring (worker crashed or hung)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of every column."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Event:
+    """One state transition of a job, for `status` to show the attempt history."""
+
+    job_id: int
+    at: float
+    state: str
+    attempt: int
+    message: str | None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class AddResult:
+    """What `Ledger.add` did: `created` is False when the job already existed (in any state)."""
+
+    job: Job
+    created: bool
+
+
+_JOB_COLUMNS = ", ".join(field.name for field in dataclasses.fields(Job))
+
+
+# --- schema ---------------------------------------------------------------------------
+#
+# MIGRATIONS[i] takes the schema from version i to i + 1 (PRAGMA user_version).
+# To change the schema, append a function; never edit one that has shipped.
+
+
+def _schema_v1(conn: sqlite3.Connection) -> None:
+    """Jobs, their event history, and a small key/value table for health checks."""
+    conn.execute(
+        f"""
+        CREATE TABLE jobs (
+            id            INTEGER PRIMARY KEY,
+            sha256        TEXT NOT NULL,
+            preset        TEXT NOT NULL,
+            preset_hash   TEXT NOT NULL,
+            source_path   TEXT NOT NULL,
+            watch         TEXT,
+            output_dir    TEXT,
+            bucket        TEXT,
+            state         TEXT NOT NULL DEFAULT 'pending' CHECK (state IN {STATES!r}),
+            attempts      INTEGER NOT NULL DEFAULT 0,
+            max_attempts  INTEGER NOT NULL,
+            lease_owner   TEXT,
+            lease_expires REAL,
+            available_at  REAL NOT NULL,
+            error         TEXT,
+            output_path   TEXT,
+            created_at    REAL NOT NULL,
+            updated_at    REAL NOT NULL,
+            started_at    REAL,
+            finished_at   REAL,
+            priority      INTEGER NOT NULL DEFAULT 0,
+            lost_leases   INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (sha256, preset, preset_hash)
+        )"""
+    )
+    # claim: the next pending job in priority order; reap: expired leases.
+    conn.execute("CREATE INDEX jobs_queue ON jobs (state, priority DESC, id)")
+    conn.execute("CREATE INDEX jobs_lease ON jobs (state, lease_expires)")
+    conn.execute("CREATE INDEX jobs_source ON jobs (source_path)")
+    conn.execute("CREATE INDEX jobs_updated ON jobs (updated_at)")
+    conn.execute(
+        """
+        CREATE TABLE events (
+            id      INTEGER PRIMARY KEY,
+            job_id  INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            at      REAL NOT NULL,
+            state   TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            message TEXT
+        )"""
+    )
+    conn.execute("CREATE INDEX events_job ON events (job_id, id)")
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Ledger:
+    """The job ledger in one SQLite file (normally `state_dir/jobs.db`).
+
+    Safe to use from several threads (each gets its own connection) and from
+    several processes (each opens its own Ledger on the same path).
+    `clock` is injectable so tests can move time without sleeping.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        lease_seconds: float = 300,
+        max_attempts: int = 3,
+        backoff_base: float = 10.0,
+        backoff_max: float = 600.0,
+        busy_timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, not {lease_seconds}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
+        if backoff_base < 0 or backoff_max < backoff_base:
+            raise ValueError(f"need 0 <= backoff_base <= backoff_max, not {backoff_base}, {backoff_max}")
+        self.path = Path(path)
+        self.lease_seconds = float(lease_seconds)
+        self.max_attempts = int(max_attempts)
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
+        self.busy_timeout = float(busy_timeout)
+        self._clock = clock
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()  # open now so a bad path or schema fails at startup
+
+    # --- connections and transactions -------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (and again in a forked child)."""
+        if self._closed:
+            raise LedgerError(f"{self.path}: the job ledger is closed")
+        held = getattr(self._local, "held", None)
+        if held is not None and held[0] == os.getpid():
+            return held[1]
+        # A connection inherited across fork must not be used (or closed) in the child.
+        conn = self._open()
+        self._local.held = (os.getpid(), conn)
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
+            # check_same_thread=False only so close() may close every thread's connection;
+            # each connection is otherwise used by the thread that opened it.
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            # journal_mode is stored in the file; only switch (which needs a lock) when not yet WAL.
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                conn.close()
+                raise LedgerError(
+                    f"{self.path}: SQLite could not switch to WAL mode (got {mode!r}); "
+                    "put the state directory on a local filesystem, not a network share"
+                )
+            # Per connection. Under WAL, NORMAL (the usual advice) can lose the last commits on power loss.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            return conn
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: cannot open the job ledger: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A short BEGIN IMMEDIATE transaction: committed on success, rolled back on any error."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for another writer
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk full, read-only, I/O error
+            raise LedgerError(
+                f"{self.path}: cannot write to the job ledger: {exc} (is the disk full, the file read-only, "
+                f"or another process holding a write lock for over {self.busy_timeout:g} s?)"
+            ) from exc
+
+    def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION; the lock makes concurrent openers take turns."""
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"{self.path}: the job ledger has schema version {version}, newer than this "
+                    f"nst-watch understands ({SCHEMA_VERSION}); upgrade nst-watch"
+                )
+            for step in MIGRATIONS[version:]:
+                step(conn)
+            if version != SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # transactional, like the DDL
+
+    def close(self) -> None:
+        """Close every connection this Ledger opened (in any thread)."""
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after the given failed attempt: base * 2**(attempts-1), capped."""
+        return min(self.backoff_max, self.backoff_base * 2 ** max(attempts - 1, 0))
+
+    @staticmethod
+    def _select(conn: sqlite3.Connection, where: str, params: Iterable = (), tail: str = "") -> list[Job]:
+        rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} {tail}", tuple(params))
+        return [Job(**dict(row)) for row in rows]
+
+    @staticmethod
+    def _event(conn: sqlite3.Connection, job: Job | int, at: float, state: str, attempt: int, message=None):
+        job_id = job if isinstance(job, int) else job.id
+        conn.execute(
+            "INSERT INTO events (job_id, at, state, attempt, message) VALUES (?, ?, ?, ?, ?)",
+            (job_id, at, state, attempt, message),
+        )
+
+    @staticmethod
+    def _marks(values: Collection) -> str:
+        return ", ".join("?" * len(values))
+
+    # --- the queue --------------------------------------------------------------------
+
+    def add(
+        self,
+        *,
+        sha256: str,
+        preset: str,
+        preset_hash: str,
+        source_path: str | os.PathLike,
+        watch: str | None = None,
+        output_dir: str | os.PathLike | None = None,
+        bucket: str | None = None,
+        priority: int = 0,
+    ) -> AddResult:
+        """Enqueue one (photo, preset) job, or return the existing one unchanged.
+
+        The same (sha256, preset, preset_hash) again gives created=False and the
+        existing job whatever its state (done, failed and dead included): a
+        changed preset hash is what makes a photo run again, not a rescan.
+        """
+        for name, value in (("sha256", sha256), ("preset", preset), ("preset_hash", preset_hash)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string, not {value!r}")
+        key = (sha256, preset, preset_hash)
+        with self._write() as conn:
+            now = self._clock()
+            cursor = conn.execute(
+                """INSERT INTO jobs (sha256, preset, preset_hash, source_path, watch, output_dir, bucket,
+                                     state, max_attempts, available_at, created_at, updated_at, priority)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)
+                   ON CONFLICT (sha256, preset, preset_hash) DO NOTHING""",
+                (*key, os.fspath(source_path), watch, None if output_dir is None else os.fspath(output_dir),
+                 bucket, self.max_attempts, now, now, now, int(priority)),
+            )
+            created = cursor.rowcount == 1
+            (job,) = self._select(conn, "sha256 = ? AND preset = ? AND preset_hash = ?", key)
+            if created:
+                self._event(conn, job, now, PENDING, 0, f"added from {job.source_path}")
+        return AddResult(job, created)
+
+    def claim(self, owner: str, *, limit: int = 1, presets: Collection[str] | None = None) -> list[Job]:
+        """Lease up to `limit` pending jobs to `owner`, all of one preset, preset hash and bucket.
+
+        The first job is the best available one (priority, then age); the rest
+        are companions a worker can stylise in one batch. Expired leases are
+        reaped first, in the same transaction.
+
+        attempts is incremented here, not on failure: a photo that kills its
+        worker outright (OOM killer, segfault) never reaches fail(), and
+        counting at claim is what lets it end dead instead of looping forever.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        if presets is not None:
+            presets = [presets] if isinstance(presets, str) else list(presets)
+            if not presets:
+                return []
+        with self._write() as conn:
+            now = self._clock()
+            self._reap(conn, now)
+            where = "state = 'pending' AND available_at <= ?"
+            params: list = [now]
+            if presets is not None:
+                where += f" AND preset IN ({self._marks(presets)})"
+                params += presets
+            first = self._select(conn, where, params, "ORDER BY priority DESC, id LIMIT 1")
+            if not first:
+                return []
+            head = first[0]
+            ids = [head.id]
+            if limit > 1:
+                rows = conn.execute(
+                    """SELECT id FROM jobs
+                       WHERE state = 'pending' AND available_at <= ? AND id != ?
+                         AND preset = ? AND preset_hash = ? AND bucket IS ?
+                       ORDER BY priority DESC, id LIMIT ?""",
+                    (now, head.id, head.preset, head.preset_hash, head.bucket, limit - 1),
+                )
+                ids += [row[0] for row in rows]
+            marks = self._marks(ids)
+            conn.execute(
+                f"""UPDATE jobs SET state = 'leased', lease_owner = ?, lease_expires = ?,
+                                    attempts = attempts + 1, started_at = ?, updated_at = ?
+                    WHERE id IN ({marks})""",
+                (owner, now + self.lease_seconds, now, now, *ids),
+            )
+            jobs = self._select(conn, f"id IN ({marks})", ids, "ORDER BY priority DESC, id")
+            for job in jobs:
+                self._event(conn, job, now, LEASED, job.attempts, f"claimed by {owner}")
+        return jobs
+
+    def heartbeat(self, owner: str, job_ids: Iterable[int]) -> set[int]:
+        """Extend the leases `owner` still holds; the ids missing from the result were lost.
+
+        A lease that has expired but not yet been reaped is still the owner's
+        (nobody else has the job), so it is extended too.
+        """
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        with self._write() as conn:
+            now = self._clock()
+            where = f"state = 'leased' AND lease_owner = ? AND id IN ({self._marks(ids)})"
+            held = {row[0] for row in conn.execute(f"SELECT id FROM jobs WHERE {where}", (owner, *ids))}
+            # updated_at is left alone: a heartbeat is not a change anyone wants in `recent`.
+            conn.execute(f"UPDATE jobs SET lease_expires = ? WHERE {where}", (now + self.lease_seconds, owner, *ids))
+        return held
+
+    def complete(self, owner: str, job_id: int, output_path: str | os.PathLike | None) -> bool:
+        """Mark a job done with its output path. False if `owner` no longer holds the lease.
+
+        Call only after the output is durably in place (written, fsynced, linked).
+        """
+        with self._write() as conn:
+            now = self._clock()
+            cursor = conn.execute(
+                """UPDATE jobs SET state = 'done', output_path = ?, error = NULL, lease_owner = NULL,
+                                   lease_expires = NULL, finished_at = ?, updated_at = ?
+                   WHERE id = ? AND state = 'leased' AND lease_owner = ?""",
+                (None if output_path is None else os.fspath(output_path), now, now, job_id, owner),
+            )
+            if cursor.rowcount != 1:
+                return False
+            attempts = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            self._event(conn, job_id, now, DONE, attempts, f"output {output_path}" if output_path else None)
+        return True
+
+    def fail(self, owner: str, job_id: int, error: str, *, permanent: bool) -> str | None:
+        """Record a failed attempt; return the new state, or None if the lease was lost.
+
+        permanent (corrupt, unsupported, too large): failed at once.
+        transient (disk full, out of memory, file still growing): pending again
+        after an exponential backoff, or dead once max_attempts are used up.
+        """
+        with self._write() as conn:
+            now = self._clock()
+            rows = self._select(conn, "id = ? AND state = 'leased' AND lease_owner = ?", (job_id, owner))
+            if not rows:
+                return None
+            job = rows[0]
+            if permanent:
+                state, available_at, finished_at = FAILED, job.available_at, now
+            elif job.attempts < job.max_attempts:
+                state, available_at, finished_at = PENDING, now + self.backoff(job.attempts), None
+            else:
+                state, available_at, finished_at = DEAD, job.available_at, now
+            conn.execute(
+                """UPDATE jobs SET state = ?, error = ?, available_at = ?, finished_at = ?, updated_at = ?,
+                                   lease_owner = NULL, lease_expires = NULL
+                   WHERE id = ?""",
+                (state, error, available_at, finished_at, now, job_id),
+            )
+            kind = "permanent" if permanent else "transient"
+            self._event(conn, job, now, state, job.attempts, f"{kind} error: {error}")
+        return state
+
+    def release(self, owner: str, job_ids: Iterable[int]) -> int:
+        """Give leases back on graceful shutdown: pending at once, the attempt not counted."""
+        ids = list(job_ids)
+        if not ids:
+            return 0
+        with self._write() as conn:
+            now = self._clock()
+            where = f"state = 'leased' AND lease_owner = ? AND id IN ({self._marks(ids)})"
+            jobs = self._select(conn, where, (owner, *ids))
+            conn.execute(
+                f"""UPDATE jobs SET state = 'pending', attempts = MAX(attempts - 1, 0), available_at = ?,
+                                    lease_owner = NULL, lease_expires = NULL, updated_at = ?
+                    WHERE {where}""",
+                (now, now, owner, *ids),
+            )
+            for job in jobs:
+                self._event(conn, job, now, PENDING, job.attempts - 1, f"released by {owner} (shutdown)")
+        return len(jobs)
+
+    def reap(self) -> int:
+        """Return expired leases to pending (with backoff) or dead; returns how many."""
+        with self._write() as conn:
+            return self._reap(conn, self._clock())
+
+    def _reap(self, conn: sqlite3.Connection, now: float) -> int:
+        """reap() inside the caller's transaction (claim reaps before it picks)."""
+        expired = self._select(conn, "state = 'leased' AND lease_expires < ?", (now,))
+        for job in expired:
+            lost = job.lost_leases + 1
+            times = f"{lost} time{'s' if lost != 1 else ''}"
+            if lost != job.attempts:
+                times += f" in {job.attempts} attempts"
+            if job.attempts >= job.max_attempts:
+                state, available_at, finished_at = DEAD, job.available_at, now
+                error = f"worker lost its lease (crashed or killed) {times}; last holder {job.lease_owner}"
+            else:
+                state, available_at, finished_at = PENDING, now + self.backoff(job.attempts), None
+                error = f"worker {job.lease_owner} lost its lease (crashed or killed) on attempt {job.attempts}"
+            conn.execute(
+                """UPDATE jobs SET state = ?, error = ?, available_at = ?, finished_at = ?, updated_at = ?,
+                                   lost_leases = ?, lease_owner = NULL, lease_expires = NULL
+                   WHERE id = ?""",
+                (state, error, available_at, finished_at, now, lost, job.id),
+            )
+            self._event(conn, job, now, state, job.attempts, error)
+        return len(expired)
+
+    def retry(self, job_ids: Iterable[int] | None = None, *, failed: bool = False, dead: bool = False) -> int:
+        """Put failed/dead jobs back to pending with a fresh set of attempts; returns how many.
+
+        Selects the given ids (if they are failed or dead), plus every failed
+        job if `failed`, plus every dead job if `dead`. Jobs in other states are
+        left alone and not counted. The old error stays in the event history.
+        """
+        ids = list(job_ids or ())
+        if not ids and not failed and not dead:
+            raise ValueError("retry needs job ids, failed=True or dead=True")
+        clauses = []
+        params: list = []
+        if ids:
+            clauses.append(f"(state IN ('failed', 'dead') AND id IN ({self._marks(ids)}))")
+            params += ids
+        if failed:
+            clauses.append("state = 'failed'")
+        if dead:
+            clauses.append("state = 'dead'")
+        where = " OR ".join(clauses)
+        with self._write() as conn:
+            now = self._clock()
+            jobs = self._select(conn, where, params)
+            conn.execute(
+                f"""UPDATE jobs SET state = 'pending', attempts = 0, lost_leases = 0, available_at = ?,
+                                    error = NULL, output_path = NULL, finished_at = NULL, updated_at = ?
+                    WHERE {where}""",
+                (now, now, *params),
+            )
+            for job in jobs:
+                self._event(conn, job, now, PENDING, 0, f"retried (was {job.state}: {job.error})")
+        return len(jobs)
+
+    # --- reading ----------------------------------------------------------------------
+    # Single SELECTs outside an explicit transaction: each sees one consistent
+    # snapshot and, in WAL mode, never waits for a writer.
+
+    def get(self, job_id: int) -> Job | None:
+        jobs = self._select(self._conn(), "id = ?", (job_id,))
+        return jobs[0] if jobs else None
+
+    def jobs_for(self, sha256: str) -> list[Job]:
+        """Every job for one photo's content (one per preset and preset hash), oldest first."""
+        return self._select(self._conn(), "sha256 = ?", (sha256,), "ORDER BY id")
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, every state present (zeros included)."""
+        counts = dict.fromkeys(STATES, 0)
+        for state, count in self._conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+            counts[state] = count
+        return counts
+
+    def recent(self, limit: int = 20) -> list[Job]:
+        """The most recently changed jobs, newest first."""
+        return self._select(self._conn(), "1", (limit,), "ORDER BY updated_at DESC, id DESC LIMIT ?")
+
+    def failures(self, limit: int = 50) -> list[Job]:
+        """Failed and dead jobs, newest first."""
+        return self._select(
+            self._conn(), "state IN ('failed', 'dead')", (limit,), "ORDER BY updated_at DESC, id DESC LIMIT ?"
+        )
+
+    def history(self, job_id: int) -> list[Event]:
+        """Every transition of one job, oldest first (attempts, owners, errors)."""
+        rows = self._conn().execute(
+            "SELECT job_id, at, state, attempt, message FROM events WHERE job_id = ? ORDER BY id", (job_id,)
+        )
+        return [Event(**dict(row)) for row in rows]
+
+    def pending_for_source(self, source_path: str | os.PathLike) -> list[Job]:
+        """Jobs for this source file still to run (pending or leased)."""
+        return self._select(
+            self._conn(), "source_path = ? AND state IN ('pending', 'leased')", (os.fspath(source_path),), "ORDER BY id"
+        )
+
+    def all_done_for(self, sha256: str) -> bool:
+        """True when this content has jobs and every one is done (the original may move to processed/)."""
+        total, done = self._conn().execute(
+            "SELECT COUNT(*), COALESCE(SUM(state = 'done'), 0) FROM jobs WHERE sha256 = ?", (sha256,)
+        ).fetchone()
+        return total > 0 and total == done
+
+    # --- health -----------------------------------------------------------------------
+
+    def writable(self) -> bool:
+        """Health check: can a tiny write transaction commit (disk not full, not read-only, not locked)?"""
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('health_check', ?)", (str(self._clock()),)
+                )
+            return True
+        except (sqlite3.Error, LedgerError):
+            return False
+
+    def pragmas(self) -> dict[str, object]:
+        """The settings of this thread's connection, for `status` and tests."""
+        conn = self._conn()
+        names = ("journal_mode", "synchronous", "busy_timeout", "foreign_keys", "user_version")
+        return {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names}

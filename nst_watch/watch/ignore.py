@@ -1,0 +1,134 @@
+"""Which paths under a hot folder are candidates for processing.
+
+Pure string work: `PathFilter.accepts` never touches the disk, so watchdog
+handler threads can call it for every event without blocking.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+# Names that are never photos: temp names that downloaders, sync tools and
+# editors write before renaming into place, and OS/NAS metadata litter.
+DEFAULT_IGNORE: list[str] = [
+    ".*",
+    "*.part",
+    "*.crdownload",
+    "*.download",
+    "*.tmp",
+    "~$*",
+    "*~",
+    "._*",
+    ".DS_Store",
+    "Thumbs.db",
+    "desktop.ini",
+    "@eaDir",
+    "#recycle",
+    ".goutputstream-*",
+    ".syncthing.*",
+]
+
+
+def _compile(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    """One case-insensitive regex for a list of fnmatch patterns (None if empty)."""
+    parts = [fnmatch.translate(p) for p in patterns]
+    if not parts:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE)
+
+
+class PathFilter:
+    """Decides whether a path under `root` may become a job.
+
+    A path is rejected when:
+      * it is `root` itself or lies outside `root` (or inside an `exclude_dirs` entry);
+      * any component of its path relative to `root` matches an `ignore`
+        pattern, so everything inside `@eaDir/` or a dot-folder is skipped too;
+      * the watch is not recursive and the path is inside a subfolder;
+      * `include` patterns are given and the file name matches none of them.
+
+    Matching is fnmatch, case-insensitive (`*.jpg` matches `IMG.JPG`), on
+    names only. Paths are compared lexically after `os.path.abspath`; nothing
+    is resolved, so a symlinked file keeps its own name and is rejected later
+    by the settle tracker rather than silently followed.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        include: list[str] | None = None,
+        ignore: list[str] | None = None,
+        recursive: bool = False,
+        exclude_dirs: Iterable[str | os.PathLike[str]] = (),
+    ) -> None:
+        self.root = Path(os.path.abspath(root))
+        self.include = list(include or [])
+        self.ignore = list(DEFAULT_IGNORE if ignore is None else ignore)
+        self.recursive = recursive
+        self.exclude_dirs = [Path(os.path.abspath(d)) for d in exclude_dirs]
+        self._include_re = _compile(self.include)
+        self._ignore_re = _compile(self.ignore)
+        self._root_str = str(self.root)
+
+    def __repr__(self) -> str:
+        return (
+            f"PathFilter({self._root_str!r}, include={self.include!r}, "
+            f"recursive={self.recursive}, exclude_dirs={[str(d) for d in self.exclude_dirs]!r})"
+        )
+
+    def _relative_parts(self, path: str | os.PathLike[str]) -> tuple[str, ...] | None:
+        """Components of `path` relative to root; None if outside, excluded or root itself."""
+        absolute = os.path.abspath(os.fspath(path))
+        # commonpath is lexical and avoids the '/data/in' vs '/data/inbox' prefix trap.
+        try:
+            if os.path.commonpath([self._root_str, absolute]) != self._root_str:
+                return None
+        except ValueError:  # different drives / mixed absolute and relative
+            return None
+        for excluded in self.exclude_dirs:
+            if os.path.commonpath([str(excluded), absolute]) == str(excluded):
+                return None
+        rel = os.path.relpath(absolute, self._root_str)
+        if rel == os.curdir:
+            return None
+        return tuple(Path(rel).parts)
+
+    def _is_ignored_name(self, name: str) -> bool:
+        return self._ignore_re is not None and self._ignore_re.match(name) is not None
+
+    def accepts(self, path: str | os.PathLike[str]) -> bool:
+        """True if `path` (a file) may become a job. Never touches the disk, never raises."""
+        try:
+            parts = self._relative_parts(path)
+        except (TypeError, ValueError):
+            return False
+        if parts is None:
+            return False
+        if not self.recursive and len(parts) > 1:
+            return False
+        if any(self._is_ignored_name(part) for part in parts):
+            return False
+        if self._include_re is not None and self._include_re.match(parts[-1]) is None:
+            return False
+        return True
+
+    def accepts_dir(self, path: str | os.PathLike[str]) -> bool:
+        """True if a scan should descend into directory `path` (recursive watches only).
+
+        Lets `scan` prune `@eaDir/`, dot-folders and excluded output folders
+        instead of listing thousands of thumbnails only to reject each one.
+        """
+        if not self.recursive:
+            return False
+        try:
+            parts = self._relative_parts(path)
+        except (TypeError, ValueError):
+            return False
+        if parts is None:
+            return False
+        return not any(self._is_ignored_name(part) for part in parts)
