@@ -167,6 +167,124 @@ def weights_where() -> None:
     click.echo(str(w.cache_path()))
 
 
+# --- the daemon ----------------------------------------------------------------------
+
+_config_option = click.option("-c", "--config", "config_path", required=True, type=click.Path(path_type=Path),
+                              help="Config file (YAML).")
+
+
+@main.command()
+@_config_option
+def run(config_path: Path) -> None:
+    """Run the hot-folder daemon in the foreground: watcher plus one worker.
+
+    SIGTERM/SIGINT finish the running job (within service.grace_seconds) and
+    exit 0; SIGHUP reloads the config.
+    """
+    from .service.daemon import Daemon
+
+    sys.exit(Daemon(config_path, role="run", live_view=sys.stderr.isatty()).serve())
+
+
+@main.command()
+@_config_option
+def watch(config_path: Path) -> None:
+    """Watch folders and fill the ledger, without an engine (pair with `work`)."""
+    from .service.daemon import Daemon
+
+    sys.exit(Daemon(config_path, role="watch").serve())
+
+
+@main.command()
+@_config_option
+@click.option("--device", help="cpu | cuda | cuda:N (default: engine.device).")
+def work(config_path: Path, device: str | None) -> None:
+    """Run one worker (one resident engine) on one device, taking jobs from the ledger."""
+    from .service.daemon import Daemon
+
+    sys.exit(Daemon(config_path, role="work", device=device).serve())
+
+
+def _ledger(config: Config):
+    from .jobs import Ledger
+
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    return Ledger(config.ledger_path, lease_seconds=config.service.lease_seconds,
+                  max_attempts=config.service.max_attempts)
+
+
+@main.command()
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--recent", default=10, show_default=True, help="How many recent jobs to list.")
+def status(config_path: Path, as_json: bool, recent: int) -> None:
+    """Job counts per state, running processes, recent jobs and failures with reasons."""
+    from .service.status import render, snapshot
+
+    config = load_config(config_path)
+    with _ledger(config) as ledger:
+        snap = snapshot(config.state_dir, ledger, recent=recent)
+    if as_json:
+        click.echo(json.dumps(snap, indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(render(snap))
+
+
+@main.command()
+@_config_option
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-p", "--preset", "presets", multiple=True, required=True, help="Preset (repeat for several).")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("."), show_default=True,
+              help="Where the results go.")
+@click.option("--json", "as_json", is_flag=True)
+def submit(config_path: Path, files, presets, out_dir: Path, as_json: bool) -> None:
+    """Queue FILES for a running daemon (from Lightroom, a script, ...). Originals are never moved."""
+    from .service.identity import file_sha256, preset_hash, size_bucket
+
+    config = load_config(config_path)
+    chosen = {name: config.preset(name) for name in presets}
+    records, bad = [], 0
+    with _ledger(config) as ledger:
+        for path in files:
+            path = path.resolve()
+            if not path.is_file() or path.is_symlink():
+                log.error("%s: not a regular file; not queued", path)
+                records.append({"file": str(path), "error": "not a regular file"})
+                bad += 1
+                continue
+            sha = file_sha256(path)
+            for name, preset in chosen.items():
+                result = ledger.add(sha256=sha, preset=name, preset_hash=preset_hash(preset), source_path=path,
+                                    output_dir=out_dir.resolve(), bucket=size_bucket(path, preset.size))
+                job = result.job
+                records.append({"file": str(path), "preset": name, "job": job.id, "created": result.created,
+                                "state": job.state, "output": job.output_path})
+                if not as_json:
+                    word = "queued" if result.created else f"already {job.state}"
+                    click.echo(f"{path} [{name}]: {word} (job {job.id})")
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+    if bad:
+        sys.exit(EXIT_FAILURE)
+
+
+@main.command()
+@_config_option
+@click.argument("job_ids", nargs=-1, type=int)
+@click.option("--failed", is_flag=True, help="Every failed job.")
+@click.option("--dead", is_flag=True, help="Every job that ran out of attempts.")
+def retry(config_path: Path, job_ids, failed: bool, dead: bool) -> None:
+    """Queue failed or dead jobs again (photos moved to failed/ are picked up from there)."""
+    if not job_ids and not failed and not dead:
+        raise click.UsageError("give JOB_IDs, --failed or --dead")
+    config = load_config(config_path)
+    with _ledger(config) as ledger:
+        count = ledger.retry(job_ids, failed=failed, dead=dead)
+    click.echo(f"{count} job(s) queued again")
+
+
 # --- validate ------------------------------------------------------------------------
 
 

@@ -138,11 +138,77 @@ class EngineSettings(_Strict):
     padding: Literal["replicate", "zeros"] = "replicate"
 
 
+DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.tif", "*.tiff", "*.webp", "*.heic", "*.heif"]
+
+
+class Watch(_Strict):
+    """An input folder, the presets its photos get, and where results go."""
+
+    name: str = Field(min_length=1)
+    input: Path
+    output: Path
+    presets: list[str] | None = Field(None, description="every photo gets each of these presets")
+    route: Literal["subfolders"] | None = Field(None, description="input/<preset>/photo.jpg gets <preset>")
+    recursive: bool = False
+    include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
+    ignore: list[str] = Field(default_factory=list, description="added to the built-in ignore list")
+    settle_seconds: float = Field(5.0, ge=0)
+    polling: bool | Literal["auto"] = "auto"
+    processed: str = Field("keep", description="keep | move:<dir>")
+    failed: Path | None = Field(None, description="folder for photos that cannot be processed")
+    template: str = "{stem}-{preset}.{ext}"
+    collision: Literal["suffix", "skip", "overwrite"] = "suffix"
+    format: Literal["jpeg", "png", "webp", "tiff"] | None = Field(None, description="overrides the preset's")
+
+    @field_validator("processed")
+    @classmethod
+    def _processed_form(cls, value: str) -> str:
+        if value != "keep" and not (value.startswith("move:") and value[5:].strip()):
+            raise ValueError("must be 'keep' or 'move:<folder>'")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template_ok(cls, value: str) -> str:
+        from .photo import validate_template  # torch-free
+
+        validate_template(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_routing(self) -> "Watch":
+        if (self.presets is None) == (self.route is None):
+            raise ValueError("give either presets: [..] or route: subfolders")
+        if self.presets is not None and not self.presets:
+            raise ValueError("presets must name at least one preset")
+        return self
+
+    @property
+    def processed_dir(self) -> Path | None:
+        return Path(self.processed[5:].strip()) if self.processed.startswith("move:") else None
+
+    def walks_subfolders(self) -> bool:
+        return self.recursive or self.route == "subfolders"
+
+
+class ServiceSettings(_Strict):
+    """The daemon and its workers."""
+
+    batch: int = Field(4, ge=1, description="same-preset photos optimised together")
+    lease_seconds: float = Field(300, gt=0, description="a worker silent this long has its job taken back")
+    max_attempts: int = Field(3, ge=1)
+    grace_seconds: float = Field(30, ge=0, description="on SIGTERM, time for the running job to finish")
+    reconcile_seconds: float = Field(120, gt=0, description="full rescan of every watch, for lost events")
+
+
 class Config(_Strict):
     """A whole config file."""
 
+    state_dir: Path = Path("state")
     engine: EngineSettings = EngineSettings()
+    service: ServiceSettings = ServiceSettings()
     presets: dict[str, Preset] = Field(default_factory=dict)
+    watches: list[Watch] = Field(default_factory=list)
     max_pixels: int = Field(100_000_000, ge=1, description="largest photo accepted, in pixels")
 
     @model_validator(mode="before")
@@ -156,12 +222,32 @@ class Config(_Strict):
             }
         return data
 
+    @model_validator(mode="after")
+    def _watches_fit(self) -> "Config":
+        names = [w.name for w in self.watches]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two watches are named {name!r}; names must be unique")
+        for i, watch in enumerate(self.watches):
+            for preset in watch.presets or []:
+                if preset not in self.presets:
+                    known = ", ".join(sorted(self.presets)) or "none defined"
+                    raise ValueError(f"watches.{i} ({watch.name}): unknown preset {preset!r} (presets: {known})")
+        return self
+
     def preset(self, name: str) -> Preset:
         try:
             return self.presets[name]
         except KeyError:
             known = ", ".join(sorted(self.presets)) or "none"
             raise ConfigError(f"no preset named {name!r} (presets in this config: {known})") from None
+
+    def watch(self, name: str) -> Watch | None:
+        return next((w for w in self.watches if w.name == name), None)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "jobs.db"
 
 
 # --- loading -----------------------------------------------------------------
@@ -270,10 +356,39 @@ def _child(node: yaml.Node, part: Any) -> yaml.Node | None:
 
 
 def resolve_paths(config: Config, base: Path, *, source: str, text: str | None = None) -> Config:
-    """Make style paths absolute (relative to the config file) and check they exist."""
+    """Make paths absolute (relative to the config file), check style images and folder layout."""
     presets = {name: resolve_preset(p, base, source=source, key=f"presets.{name}", text=text)
                for name, p in config.presets.items()}
-    return config.model_copy(update={"presets": presets})
+    watches = [_resolve_watch(w, i, base, source=source, text=text) for i, w in enumerate(config.watches)]
+    return config.model_copy(update={
+        "presets": presets, "watches": watches, "state_dir": _absolute(config.state_dir, base),
+    })
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
+def _resolve_watch(watch: Watch, index: int, base: Path, *, source: str, text: str | None) -> Watch:
+    folders = {"input": _absolute(watch.input, base), "output": _absolute(watch.output, base)}
+    if watch.failed is not None:
+        folders["failed"] = _absolute(watch.failed, base)
+    processed = watch.processed
+    if watch.processed_dir is not None:
+        moved = _absolute(watch.processed_dir, base)
+        folders["processed"] = moved
+        processed = f"move:{moved}"
+    inbox = folders["input"]
+    for key, folder in folders.items():
+        if key != "input" and (folder == inbox or folder.is_relative_to(inbox)):
+            where = _line_of(text, ("watches", index, key)) if text else None
+            at = f" (line {where})" if where else ""
+            raise ConfigError(
+                f"{source}: watches.{index}.{key}{at}: {folder} is inside the watched folder {inbox}; "
+                "nst-watch would process its own files forever. Put it beside the input folder instead"
+            )
+    return watch.model_copy(update={**folders, "processed": processed})
 
 
 def resolve_preset(preset: Preset, base: Path, *, source: str, key: str, text: str | None = None) -> Preset:

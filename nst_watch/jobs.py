@@ -460,6 +460,34 @@ class Ledger:
             self._event(conn, job_id, now, DONE, attempts, f"output {output_path}" if output_path else None)
         return True
 
+    def rekey(self, owner: str, job_id: int, preset_hash: str) -> int | None:
+        """Move a leased job to a new preset hash (the preset was edited while it waited).
+
+        Returns None on success. If a job with the new key already exists, the
+        leased one is superseded: marked done without an output, pointing at
+        the other, whose id is returned. Either way the photo is processed once
+        with the current preset.
+        """
+        with self._write() as conn:
+            now = self._clock()
+            row = conn.execute("SELECT sha256, preset FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            other = conn.execute(
+                "SELECT id FROM jobs WHERE sha256 = ? AND preset = ? AND preset_hash = ?", (*row, preset_hash)
+            ).fetchone()
+            if other is None:
+                conn.execute("UPDATE jobs SET preset_hash = ?, updated_at = ? WHERE id = ? AND lease_owner = ?",
+                             (preset_hash, now, job_id, owner))
+                return None
+            note = f"superseded by job {other[0]} (the preset changed while this job waited)"
+            conn.execute(
+                """UPDATE jobs SET state = 'done', error = ?, output_path = NULL, lease_owner = NULL,
+                                   lease_expires = NULL, finished_at = ?, updated_at = ?
+                   WHERE id = ? AND lease_owner = ?""",
+                (note, now, now, job_id, owner),
+            )
+            self._event(conn, job_id, now, DONE, 0, note)
+            return int(other[0])
+
     def fail(self, owner: str, job_id: int, error: str, *, permanent: bool) -> str | None:
         """Record a failed attempt; return the new state, or None if the lease was lost.
 
@@ -513,9 +541,29 @@ class Ledger:
         with self._write() as conn:
             return self._reap(conn, self._clock())
 
-    def _reap(self, conn: sqlite3.Connection, now: float) -> int:
+    def reclaim(self, owners: Iterable[str]) -> int:
+        """Take back at once the leases of owners known to be dead (a crashed local worker).
+
+        No backoff: the crash is already known, and waiting for lease expiry
+        would only delay the restart. Attempts still count, so a photo that
+        kills its worker every time ends dead after max_attempts.
+        """
+        owners = list(owners)
+        if not owners:
+            return 0
+        with self._write() as conn:
+            return self._reap(conn, self._clock(), f"state = 'leased' AND lease_owner IN ({self._marks(owners)})",
+                              owners, backoff=False)
+
+    def leased_owners(self) -> set[str]:
+        """Owners currently holding leases."""
+        rows = self._conn().execute("SELECT DISTINCT lease_owner FROM jobs WHERE state = 'leased'").fetchall()
+        return {row[0] for row in rows if row[0]}
+
+    def _reap(self, conn: sqlite3.Connection, now: float, where: str = "state = 'leased' AND lease_expires < ?",
+              params: Iterable = (), *, backoff: bool = True) -> int:
         """reap() inside the caller's transaction (claim reaps before it picks)."""
-        expired = self._select(conn, "state = 'leased' AND lease_expires < ?", (now,))
+        expired = self._select(conn, where, tuple(params) or (now,))
         for job in expired:
             lost = job.lost_leases + 1
             times = f"{lost} time{'s' if lost != 1 else ''}"
@@ -525,7 +573,8 @@ class Ledger:
                 state, available_at, finished_at = DEAD, job.available_at, now
                 error = f"worker lost its lease (crashed or killed) {times}; last holder {job.lease_owner}"
             else:
-                state, available_at, finished_at = PENDING, now + self.backoff(job.attempts), None
+                delay = self.backoff(job.attempts) if backoff else 0.0
+                state, available_at, finished_at = PENDING, now + delay, None
                 error = f"worker {job.lease_owner} lost its lease (crashed or killed) on attempt {job.attempts}"
             conn.execute(
                 """UPDATE jobs SET state = ?, error = ?, available_at = ?, finished_at = ?, updated_at = ?,
@@ -568,6 +617,25 @@ class Ledger:
             for job in jobs:
                 self._event(conn, job, now, PENDING, 0, f"retried (was {job.state}: {job.error})")
         return len(jobs)
+
+    def plan_output(self, owner: str, job_id: int, output_path: str | os.PathLike | None) -> bool:
+        """Record the name a leased job is about to publish, before it is linked.
+
+        After a crash between publishing and complete(), the next attempt finds
+        this name and recognises the file as its own instead of writing a second.
+        """
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET output_path = ?, updated_at = ? WHERE id = ? AND state = 'leased' AND lease_owner = ?",
+                (None if output_path is None else os.fspath(output_path), self._clock(), int(job_id), owner),
+            )
+            return cursor.rowcount == 1
+
+    def relocate(self, job_id: int, source_path: str | os.PathLike) -> None:
+        """Record that a job's photo now lives at `source_path` (moved back, or dropped again)."""
+        with self._write() as conn:
+            conn.execute("UPDATE jobs SET source_path = ?, updated_at = ? WHERE id = ?",
+                         (os.fspath(source_path), self._clock(), int(job_id)))
 
     # --- reading ----------------------------------------------------------------------
     # Single SELECTs outside an explicit transaction: each sees one consistent

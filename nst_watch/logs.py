@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 
+CONSOLE = None  # the rich Console logging writes to on a TTY; live views share it
+
 _SYSLOG = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
@@ -21,7 +23,9 @@ class SyslogPrefixFormatter(logging.Formatter):
 
 def setup_logging(verbosity: int = 0, *, stream=None) -> None:
     """Configure the root logger once; -v for debug, -q for warnings only."""
+    global CONSOLE
     stream = stream or sys.stderr
+    CONSOLE = None
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -30,8 +34,9 @@ def setup_logging(verbosity: int = 0, *, stream=None) -> None:
         from rich.console import Console
         from rich.logging import RichHandler
 
+        CONSOLE = Console(file=stream)
         handler: logging.Handler = RichHandler(
-            console=Console(file=stream), show_path=False, markup=False, rich_tracebacks=False
+            console=CONSOLE, show_path=False, markup=False, rich_tracebacks=False
         )
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:

@@ -137,3 +137,9 @@ def test_non_finite_loss_stops_with_preset_and_iteration(random_engine, photo, p
     p = preset(name="exploding", style_weight=float("inf"), iterations=5)
     with pytest.raises(EngineError, match=r"exploding.*iteration 1"):
         random_engine.stylize([photo], p, [painting])
+
+
+def test_too_small_an_image_is_a_clear_error(random_engine, painting):
+    sliver = to_tensor(synthetic_photo(8, 64, seed=1))
+    with pytest.raises(EngineError, match=r"too small for layer relu5_1.*at least 16 px"):
+        random_engine.stylize([sliver], preset(size=64, iterations=1), [painting])

@@ -493,3 +493,20 @@ def test_readers_and_writers_wait_out_another_process_write(db):
     holder.join(timeout=10)
     assert ledger.counts()[PENDING] == 3
     ledger.close()
+
+
+def test_rekey_moves_a_waiting_job_to_the_edited_preset_or_supersedes_it(tmp_path):
+    ledger = Ledger(tmp_path / "jobs.db")
+    old = ledger.add(sha256="s1", preset="p", preset_hash="old", source_path="/in/a.jpg").job
+    [claimed] = ledger.claim("w")
+    assert ledger.rekey("w", claimed.id, "new") is None
+    assert ledger.get(old.id).preset_hash == "new"
+    # a second stale job whose new key is taken is superseded, not run twice
+    stale = ledger.add(sha256="s2", preset="p", preset_hash="old", source_path="/in/b.jpg").job
+    fresh = ledger.add(sha256="s2", preset="p", preset_hash="new", source_path="/in/b.jpg").job
+    ledger.complete("w", claimed.id, "/out/a.jpg")
+    [again] = ledger.claim("w")
+    assert again.id == stale.id
+    assert ledger.rekey("w", stale.id, "new") == fresh.id
+    job = ledger.get(stale.id)
+    assert job.state == "done" and job.output_path is None and "superseded" in job.error

@@ -23,7 +23,7 @@ from ..config import EngineSettings, Preset
 from ..errors import EngineError
 from . import color
 from .losses import ContentLoss, LayerSum, Scale, StyleLoss, TVLoss, blend_grams, gram_matrix, layer_weights
-from .vgg import FeatureExtractor, build_features
+from .vgg import LAYER_NAMES, FeatureExtractor, build_features, layer_index
 from .weights import load_weights
 
 log = logging.getLogger("nst_watch.engine")
@@ -231,6 +231,7 @@ class Engine:
         image = None
         for scale, (edge, steps) in enumerate(zip(sizes, iterations), start=1):
             hw = fit_long_edge(*batch.shape[-2:], edge) if edge != preset.size else final_hw
+            _check_size(preset, hw, scale)
             content = resize(batch, hw)
             t0 = time.perf_counter()
             objective, param = self._setup_scale(content, preset, styles, edge, image)
@@ -410,6 +411,18 @@ class Engine:
             clock.tick(i, last[0])
         clock.finish_scale()
         return image.detach()
+
+
+def _check_size(preset: Preset, hw: tuple[int, int], scale: int) -> None:
+    """Each pooling halves the image; the deepest layer needs at least one pixel left."""
+    deepest = max(preset.content_layers + preset.style_layers, key=layer_index)
+    pools = sum(1 for name in LAYER_NAMES[: layer_index(deepest)] if name.startswith("pool"))
+    need = 2**pools
+    if min(hw) < need:
+        raise EngineError(
+            f"preset {preset.name!r}: the image is {hw[1]}x{hw[0]} at scale {scale}, too small for layer "
+            f"{deepest}, which needs a short edge of at least {need} px (raise size or pyramid.min_size)"
+        )
 
 
 def _identity(image: torch.Tensor) -> torch.Tensor:

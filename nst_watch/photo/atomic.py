@@ -81,6 +81,17 @@ def _place(tmp: Path, dest: Path, collision: str) -> Path | None:
     raise OSError(errno.EEXIST, f"no free name after {_MAX_SUFFIX} tries", str(dest))
 
 
+def publish(staged: Path, final: Path) -> None:
+    """Give the complete file `staged` a second name `final`, never replacing a file.
+
+    Raises FileExistsError if `final` is taken. `staged` keeps its name (where
+    hard links work), so a worker that crashes right after this call can
+    still recognise `final` as its own output with os.path.samefile.
+    """
+    _link_no_clobber(Path(staged), Path(final))
+    fsync_dir(Path(final).parent)
+
+
 def _candidates(dest: Path) -> Iterator[Path]:
     yield dest
     for n in range(1, _MAX_SUFFIX):

@@ -1,0 +1,196 @@
+"""The daemon's main loop: wiring, signals, health, readiness and status.
+
+Roles: `run` (intake + one worker in this process), `watch` (intake only; no
+torch), `work` (one worker on one device). All share the ledger.
+
+Signals: SIGTERM/SIGINT stop intake, give the running job `grace_seconds` to
+finish (else release its lease) and exit 0. SIGHUP re-reads the config: an
+invalid one is logged and the old one kept; a valid one applies watch and
+preset changes without touching queued jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from ..config import Config, load_config
+from ..errors import ConfigError
+from ..jobs import Ledger
+from .intake import Intake
+from .notify import Notifier
+from .status import live_dir, status_line, write_live
+
+log = logging.getLogger("nst_watch.daemon")
+
+LOOP_SECONDS = 0.2
+
+
+class Daemon:
+    def __init__(self, config_path: Path, *, role: str = "run", device: str | None = None,
+                 notifier: Notifier | None = None, live_view: bool = False):
+        self.config_path = Path(config_path)
+        self.role = role
+        self.device = device
+        self.notifier = notifier or Notifier()
+        self.live_view = live_view
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.intake: Intake | None = None
+        self.worker = None
+        self._live_file: Path | None = None
+        self._last_status = ""
+        self._last_tick = 0.0
+
+    # --- setup -------------------------------------------------------------------------
+
+    def _signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def _open(self) -> None:
+        config = self.config = load_config(self.config_path)
+        if self.role != "work" and not config.watches:
+            raise ConfigError(f"{self.config_path}: no watches defined; add a `watches:` list (see config.example.yaml)")
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(config.ledger_path, lease_seconds=config.service.lease_seconds,
+                             max_attempts=config.service.max_attempts)
+        if self.role in ("run", "work"):
+            self._start_worker(config)
+        if self.role in ("run", "watch"):
+            self.intake = Intake(config, self.ledger)
+            self.intake.start()
+
+    def _start_worker(self, config: Config) -> None:
+        from ..darkroom import Darkroom  # torch is imported here, and only here
+        from .worker import Worker
+
+        settings = config.engine
+        if self.device:
+            settings = settings.model_copy(update={"device": self.device})
+        darkroom = Darkroom(settings, max_pixels=config.max_pixels)
+        self.worker = Worker(config, self.ledger, darkroom)
+        self.worker.start()
+        log.info("worker %s ready on %s", self.worker.owner, darkroom.engine.device)
+
+    # --- main loop -----------------------------------------------------------------------
+
+    def serve(self) -> int:
+        self._signals()
+        self._open()
+        counts = self.ledger.counts()
+        self.notifier.ready(status_line(counts, len(self.config.watches)))
+        log.info("ready: %s", status_line(counts, len(self.config.watches)))
+        view = self._live_view()
+        try:
+            while not self.stop_requested.is_set():
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self._reload()
+                if self.intake is not None:
+                    self.intake.step()
+                self._tick(view)
+                self.stop_requested.wait(LOOP_SECONDS)
+        finally:
+            if view is not None:
+                view.stop()
+            self._shutdown()
+        return 0
+
+    def _tick(self, view) -> None:
+        now = time.monotonic()
+        if self.notifier.watchdog_due() and self.healthy():
+            self.notifier.watchdog()
+        if now - self._last_tick < 1.0:
+            return
+        self._last_tick = now
+        counts = self.ledger.counts()
+        line = status_line(counts, len(self.config.watches) if self.role != "work" else 0)
+        if line != self._last_status:
+            self._last_status = line
+            self.notifier.status(line)
+        data = {"watches": self.intake.info() if self.intake else [],
+                "worker": self.worker.activity.to_dict() if self.worker else None,
+                "counts": counts, "config": str(self.config_path)}
+        try:
+            self._live_file = write_live(self.config.state_dir, self.role, data)
+        except OSError as exc:
+            log.warning("cannot write the status file in %s: %s", live_dir(self.config.state_dir), exc)
+        if view is not None:
+            view.update(self._panel(data))
+
+    def healthy(self) -> bool:
+        """Observers alive, ledger writable, worker heartbeat fresh: only then ping the watchdog."""
+        if self.intake is not None and not self.intake.healthy():
+            log.warning("health: a folder observer is not running")
+            return False
+        if not self.ledger.writable():
+            log.warning("health: the ledger %s is not writable", self.config.ledger_path)
+            return False
+        if self.worker is not None:
+            stale = time.monotonic() - self.worker.heartbeat_at
+            if not self.worker.is_alive() or stale > max(60.0, self.config.service.lease_seconds):
+                log.warning("health: worker silent for %.0fs", stale)
+                return False
+        return True
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload failed; still running the previous config. %s", exc)
+            self.notifier.ready()
+            return
+        if config.engine != self.config.engine or config.state_dir != self.config.state_dir:
+            log.warning("engine or state_dir changed: restart nst-watch to apply those (other changes applied)")
+        if self.intake is not None:
+            self.intake.reconfigure(config)
+        if self.worker is not None:
+            self.worker.config = config
+        self.config = config
+        log.info("config reloaded from %s", self.config_path)
+        self.notifier.ready()
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping: no new photos taken")
+        if self.intake is not None:
+            self.intake.stop()
+        if self.worker is not None:
+            self.worker.stop(self.config.service.grace_seconds)
+        if self._live_file is not None:
+            self._live_file.unlink(missing_ok=True)
+        self.ledger.close()
+        log.info("stopped")
+
+    # --- terminal view -----------------------------------------------------------------
+
+    def _live_view(self):
+        if not self.live_view:
+            return None
+        from rich.live import Live
+
+        from .. import logs
+
+        live = Live(console=logs.CONSOLE, refresh_per_second=2, transient=True)
+        live.start()
+        return live
+
+    def _panel(self, data: dict):
+        from rich.table import Table
+
+        table = Table(title=f"nst-watch {self.role}", show_header=False, box=None)
+        for w in data["watches"]:
+            table.add_row(f"watch {w['name']}", f"{w['input']} -> {w['output']} ({w['mode']}, {w['settling']} settling)")
+        c = data["counts"]
+        table.add_row("jobs", ", ".join(f"{k} {v}" for k, v in c.items()))
+        worker = data["worker"]
+        if worker and worker.get("jobs"):
+            table.add_row("now", f"{', '.join(worker['photos'])} [{worker['preset']}] "
+                                 f"step {worker['step']}/{worker['steps']} loss {worker['loss'] or 0:.4g}")
+        return table

@@ -1,0 +1,373 @@
+"""A worker: one resident engine, claiming jobs from the ledger and finishing them.
+
+Publishing is crash-safe. A result is first written whole under a staging
+name (`.nst-stage-job<ID>.<ext>`, atomic, in the output folder), the chosen
+final name is recorded in the ledger, then the staged file is hard-linked to
+that name (no-clobber), the job marked done, and only then the staging name
+removed. A worker killed at any point leaves either no final file, or one the
+next attempt recognises as its own (same inode as the staged file): every
+photo gets exactly one output per preset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config, Preset, Watch
+from ..darkroom import EXTENSIONS, Darkroom
+from ..errors import EngineError, PhotoError
+from ..jobs import Job, Ledger
+from ..photo import load_photo
+from ..photo.atomic import fsync_dir, publish
+from ..photo.naming import numbered_name
+from .identity import preset_hash
+from .originals import finish_original
+from .status import pid_alive
+
+log = logging.getLogger("nst_watch.worker")
+
+FAULT_ENV = "NST_WATCH_FAULT"  # test hook: die with SIGKILL at a named point of a job's life
+
+
+def _fault(point: str) -> None:
+    if point in os.environ.get(FAULT_ENV, "").split(","):
+        log.warning("fault injection: SIGKILL at %r", point)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Cancelled(Exception):
+    """Raised from the progress callback to abandon a batch (shutdown past its grace)."""
+
+
+@dataclass
+class Activity:
+    """What a worker is doing now, for status views."""
+
+    owner: str
+    device: str
+    jobs: list[int] = field(default_factory=list)
+    preset: str | None = None
+    photos: list[str] = field(default_factory=list)
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    started: float | None = None
+    done: int = 0
+    failed: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def owner_name(device: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{device}"
+
+
+class Worker:
+    def __init__(self, config: Config, ledger: Ledger, darkroom: Darkroom, *, owner: str | None = None):
+        self.config = config  # replaced on reload; read once per batch
+        self.ledger = ledger
+        self.darkroom = darkroom
+        device = str(darkroom.engine.device)
+        self.owner = owner or owner_name(device)
+        self.activity = Activity(self.owner, device)
+        self.stopping = threading.Event()  # finish the current batch, claim no more
+        self.cancel = threading.Event()  # abandon the current batch now
+        self.heartbeat_at = time.monotonic()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._reclaim_crashed()
+        self._thread = threading.Thread(target=self.run, name="worker", daemon=True)
+        self._thread.start()
+
+    def _reclaim_crashed(self) -> None:
+        """Jobs leased by a worker on this host whose process is gone go back to pending now."""
+        host = socket.gethostname()
+        dead = []
+        for owner in self.ledger.leased_owners():
+            parts = owner.split(":", 2)
+            if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not pid_alive(int(parts[1])):
+                dead.append(owner)
+        if dead and (count := self.ledger.reclaim(dead)):
+            log.info("took back %d job(s) from crashed worker(s) %s", count, ", ".join(sorted(dead)))
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, grace: float) -> None:
+        """Let the running batch finish within `grace` seconds, else release its leases."""
+        self.stopping.set()
+        if self._thread is None:
+            return
+        self._thread.join(grace)
+        if self._thread.is_alive():
+            log.warning("grace period of %.0fs over: releasing the running job for the next start", grace)
+            self.cancel.set()
+            self._thread.join()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.heartbeat_at = time.monotonic()
+            try:
+                jobs = self.ledger.claim(self.owner, limit=self.config.service.batch)
+            except Exception:
+                log.exception("could not claim jobs; retrying")
+                self.stopping.wait(2.0)
+                continue
+            if not jobs:
+                self.stopping.wait(0.3)
+                continue
+            try:
+                self.process(jobs)
+            except Exception:
+                # Never let one batch kill the worker; the ledger retries the jobs.
+                log.exception("unexpected error in a batch of %d job(s)", len(jobs))
+                for job in jobs:
+                    self._fail(job, "internal error (see the log)", permanent=False)
+            finally:
+                self.activity.jobs, self.activity.photos, self.activity.preset = [], [], None
+
+    # --- one batch -------------------------------------------------------------------
+
+    def process(self, jobs: list[Job]) -> None:
+        config = self.config
+        preset = config.presets.get(jobs[0].preset)
+        if preset is None:
+            for job in jobs:
+                self._fail(job, f"preset {job.preset!r} is no longer in the config; restore it, then "
+                                "run `nst-watch retry`", permanent=True)
+            return
+        current = preset_hash(preset)
+        todo = []
+        for job in jobs:
+            if job.preset_hash != current:
+                other = self.ledger.rekey(self.owner, job.id, current)
+                if other is not None:
+                    log.info("job %d: superseded by job %d (preset %s changed)", job.id, other, job.preset)
+                    continue
+            watch = config.watch(job.watch) if job.watch else None
+            effective = _with_watch_format(preset, watch)
+            if self._recover(job, effective):
+                continue
+            photo = self._load(job)
+            if photo is not None:
+                todo.append((job, photo, watch, effective))
+        if not todo:
+            return
+        self._stylize_and_publish(todo)
+
+    def _load(self, job: Job):
+        try:
+            photo = load_photo(job.source_path, max_pixels=self.config.max_pixels)
+        except PhotoError as exc:
+            self._fail(job, str(exc), permanent=exc.permanent)
+            return None
+        if photo.sha256 != job.sha256:
+            self._fail(job, f"{job.source_path} changed after it was queued; the new version is queued "
+                            "separately when it settles", permanent=True)
+            return None
+        return photo
+
+    def _stylize_and_publish(self, todo) -> None:
+        jobs = [t[0] for t in todo]
+        preset = todo[0][3]
+        self.activity.jobs = [j.id for j in jobs]
+        self.activity.preset = preset.name
+        self.activity.photos = [Path(j.source_path).name for j in jobs]
+        self.activity.started = time.time()
+        self.activity.step = self.activity.steps = 0
+        beat = _Heartbeat(self.ledger, self.owner, [j.id for j in jobs], self.config.service.lease_seconds)
+        beat.start()
+        try:
+            results = self.darkroom.stylize_photos([t[1] for t in todo], preset, progress=self._progress)
+        except Cancelled:
+            released = self.ledger.release(self.owner, [j.id for j in jobs])
+            log.info("released %d job(s) for the next start", released)
+            return
+        except EngineError as exc:
+            for job in jobs:
+                self._fail(job, str(exc), permanent=True)
+            return
+        except MemoryError as exc:
+            for job in jobs:
+                self._fail(job, f"out of memory: {exc}", permanent=False)
+            return
+        except RuntimeError as exc:  # CUDA out-of-memory and friends: may pass
+            for job in jobs:
+                self._fail(job, f"engine error: {exc}", permanent=False)
+            return
+        finally:
+            beat.stop()
+        for (job, photo, watch, effective), result in zip(todo, results):
+            self._publish(job, photo, result, effective, watch)
+
+    def _progress(self, event) -> None:
+        self.heartbeat_at = time.monotonic()
+        self.activity.step, self.activity.steps, self.activity.loss = event.step, event.steps, event.loss
+        if event.step >= 2:
+            _fault("optimising")
+        if self.cancel.is_set():
+            raise Cancelled()
+
+    # --- publishing ------------------------------------------------------------------
+
+    def _staged(self, job: Job, preset: Preset) -> Path:
+        return Path(job.output_dir) / f".nst-stage-job{job.id}.{EXTENSIONS[preset.output.format]}"
+
+    def _publish(self, job: Job, photo, result, preset: Preset, watch: Watch | None) -> None:
+        staged = self._staged(job, preset)
+        template = watch.template if watch else "{stem}-{preset}.{ext}"
+        collision = watch.collision if watch else "suffix"
+        try:
+            dest = self.darkroom.dest_for(photo, preset, result, Path(job.output_dir), template)
+            self.darkroom.save(photo, result, preset, dest=staged, collision="overwrite")
+            _fault("staged")
+            final = self._link(job, staged, dest, collision)
+        except PhotoError as exc:
+            _remove(staged, staged.with_name(staged.name + ".json"))
+            self.ledger.plan_output(self.owner, job.id, None)  # nothing of ours carries that name
+            self._fail(job, str(exc), permanent=exc.permanent)
+            return
+        self._complete(job, final)
+
+    def _link(self, job: Job, staged: Path, dest: Path, collision: str) -> Path | None:
+        """Publish `staged` under `dest` (or a free variant); the ledger learns the name first."""
+        if collision == "overwrite":
+            self.ledger.plan_output(self.owner, job.id, dest)
+            os.replace(staged, dest)
+            fsync_dir(dest.parent)
+            return self._sidecar(staged, dest)
+        for n in range(0, 100_000):
+            final = dest if n == 0 else dest.with_name(numbered_name(dest.name, n))
+            if os.path.lexists(final):
+                if collision == "skip":
+                    log.info("%s exists; skipped (collision: skip)", final)
+                    _remove(staged, staged.with_name(staged.name + ".json"))
+                    return None
+                continue
+            self.ledger.plan_output(self.owner, job.id, final)
+            try:
+                publish(staged, final)
+            except FileExistsError:
+                continue  # another worker took the name between our check and our link
+            except OSError as exc:
+                from ..photo.atomic import write_error
+
+                raise write_error(final, exc) from exc
+            _fault("published")
+            return self._sidecar(staged, final)
+        raise PhotoError(dest, "no free output name", "clean up the output folder")
+
+    def _sidecar(self, staged: Path, final: Path) -> Path:
+        """Move the staged sidecar next to `final`, then drop the staging name.
+
+        Safe before complete(): with the name planned in the ledger and the
+        staging name gone, a restarted attempt knows `final` is its own.
+        """
+        side = staged.with_name(staged.name + ".json")
+        if side.exists():
+            os.replace(side, final.with_name(final.name + ".json"))
+        _remove(staged)
+        return final
+
+    def _recover(self, job: Job, preset: Preset) -> bool:
+        """Finish a job whose previous attempt published (or staged) before dying."""
+        staged = self._staged(job, preset)
+        planned = Path(job.output_path) if job.output_path else None
+        if planned is not None and planned.exists():
+            ours = (staged.exists() and os.path.samefile(staged, planned)) or not staged.exists()
+            if ours:
+                log.info("job %d: found its output from an earlier attempt: %s", job.id, planned)
+                self._sidecar(staged, planned)
+                self._complete(job, planned)
+                return True
+        if planned is not None and staged.exists():
+            watch = self.config.watch(job.watch) if job.watch else None
+            try:
+                final = self._link(job, staged, planned, watch.collision if watch else "suffix")
+            except PhotoError as exc:
+                self._fail(job, str(exc), permanent=exc.permanent)
+                return True
+            log.info("job %d: published the result staged by an earlier attempt", job.id)
+            self._complete(job, final)
+            return True
+        # Staged but never named: the name depends on the photo, so start over.
+        _remove(staged, staged.with_name(staged.name + ".json"))
+        return False
+
+    def _complete(self, job: Job, final: Path | None) -> None:
+        if not self.ledger.complete(self.owner, job.id, final):
+            log.warning("job %d: lease lost before completion; another worker owns it now", job.id)
+            return
+        _fault("completed")
+        self.activity.done += 1
+        log.info("done: %s [%s] -> %s", job.source_path, job.preset, final or "(skipped: exists)")
+        self._finish_original(job)
+
+    def _fail(self, job: Job, error: str, *, permanent: bool) -> None:
+        state = self.ledger.fail(self.owner, job.id, error, permanent=permanent)
+        if state is None:
+            return
+        self.activity.failed += 1
+        log.error("job %d (%s, preset %s) %s: %s", job.id, job.source_path, job.preset,
+                  "failed" if state != "pending" else "will be retried", error)
+        self._finish_original(job)
+
+    def _finish_original(self, job: Job) -> None:
+        watch = self.config.watch(job.watch) if job.watch else None
+        if watch is None:
+            return  # submitted files belong to the tool that submitted them
+        try:
+            finish_original(self.ledger, watch, job.sha256, Path(job.source_path))
+        except Exception:
+            log.exception("%s: could not move the original", job.source_path)
+
+
+def _with_watch_format(preset: Preset, watch: Watch | None) -> Preset:
+    if watch is None or watch.format is None or watch.format == preset.output.format:
+        return preset
+    fmt = watch.format
+    output = preset.output.model_copy(update={"format": fmt, "bit_depth": preset.output.bit_depth if fmt == "tiff" else 8})
+    return preset.model_copy(update={"output": output})
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+class _Heartbeat:
+    """Extends the batch's leases while the engine works (a long job must not look dead)."""
+
+    def __init__(self, ledger: Ledger, owner: str, ids: list[int], lease_seconds: float):
+        self.ledger, self.owner, self.ids = ledger, owner, ids
+        self.interval = max(0.5, lease_seconds / 4)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.ledger.heartbeat(self.owner, self.ids)
+            except Exception:
+                log.exception("heartbeat failed")
