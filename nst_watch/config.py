@@ -56,6 +56,19 @@ class Pyramid(_Strict):
     iterations: list[Annotated[int, Field(ge=0)]] | None = None
 
 
+class EarlyStop(_Strict):
+    """Stop a scale when the loss stops falling.
+
+    Every `every` iterations the mean loss of the last window is compared
+    with the window before; an improvement below `min_improvement` (relative)
+    ends the scale. Checked only at window ends, so the GPU is never made to
+    wait for the host in between.
+    """
+
+    every: int = Field(50, ge=2)
+    min_improvement: float = Field(0.001, ge=0)
+
+
 class OutputSettings(_Strict):
     """How finished images are written (see nst_watch.photo)."""
 
@@ -82,7 +95,8 @@ class Preset(_Strict):
     size: int = Field(512, ge=16, description="output long edge in pixels")
     iterations: int = Field(500, ge=0)
     pyramid: Pyramid | None = None
-    optimizer: Literal["adam", "lbfgs"] = "adam"
+    early_stop: EarlyStop | None = EarlyStop()
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     learning_rate: float = Field(0.02, gt=0, description="Adam step on [0,1] pixels")
     average: float = Field(0.99, ge=0, lt=1, description="decay of the Adam iterate's moving average; 0 = off")
     history_size: int = Field(50, ge=1, description="L-BFGS history")

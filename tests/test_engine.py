@@ -42,7 +42,7 @@ def test_copy_an_image_from_noise(random_engine, photo, painting):
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
 def test_style_loss_falls_to_a_tenth_within_100_iterations(random_engine, photo, painting, optimizer):
     events: list[Progress] = []
-    p = preset(optimizer=optimizer, iterations=100)
+    p = preset(optimizer=optimizer, iterations=100, early_stop=None)
     [result] = random_engine.stylize([photo], p, [painting], progress=events.append)
     start = events[0].style
     assert start > 0
@@ -100,17 +100,19 @@ def test_batch_returns_one_result_per_image_at_the_preset_size(random_engine, pa
     assert [tuple(r.image.shape) for r in results] == [(3, 24, 48), (3, 48, 24), (3, 24, 48)]
 
 
-def test_batching_with_adam_is_exact(random_engine, painting):
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_batching_is_exact(random_engine, painting, optimizer):
     a = to_tensor(synthetic_photo(64, 64, seed=5))
     b = to_tensor(synthetic_photo(64, 64, seed=6))
-    p = preset(iterations=5)
+    p = preset(iterations=5, optimizer=optimizer)
     together = random_engine.stylize([a, b], p, [painting])
+    twins = random_engine.stylize([b, b], p, [painting])
     alone = random_engine.stylize([b], p, [painting])
-    # Exact in exact arithmetic (Adam is elementwise); convolution kernels sum
-    # in a batch-dependent order, and Adam's first steps move even pixels with
-    # ~1e-9 gradients by a full learning rate, so allow that noise.
-    diff = (together[1].image - alone[0].image).abs()
-    assert float(diff.mean()) < 1e-3
+    # Independent: b's result does not depend on which photo shares its batch.
+    assert torch.allclose(together[1].image, twins[1].image, atol=1e-6)
+    # Against a batch of one only float noise differs (convolutions sum in a
+    # batch-size dependent order, and the optimisers amplify the last bits).
+    assert float((together[1].image - alone[0].image).abs().mean()) < 2e-2
     assert together[1].loss == pytest.approx(alone[0].loss, rel=1e-2)
 
 
@@ -143,3 +145,20 @@ def test_too_small_an_image_is_a_clear_error(random_engine, painting):
     sliver = to_tensor(synthetic_photo(8, 64, seed=1))
     with pytest.raises(EngineError, match=r"too small for layer relu5_1.*at least 16 px"):
         random_engine.stylize([sliver], preset(size=64, iterations=1), [painting])
+
+
+def test_early_stop_ends_a_scale_when_the_loss_plateaus(random_engine, photo, painting):
+    events: list[Progress] = []
+    p = preset(iterations=400, early_stop={"every": 10, "min_improvement": 0.05})
+    [result] = random_engine.stylize([photo], p, [painting], progress=events.append)
+    assert result.iterations < 400 and result.iterations % 10 == 0
+    assert events[-1].step == events[-1].steps == 400  # progress still ends complete
+
+
+def test_objective_judges_any_image_with_the_optimised_function(random_engine, photo, painting):
+    p = preset(iterations=30)
+    [result] = random_engine.stylize([photo], p, [painting])
+    [mine] = random_engine.objective([result.image], [photo], p, [painting])
+    [untouched] = random_engine.objective([photo], [photo], p, [painting])
+    assert mine == pytest.approx(result.loss, rel=1e-4)
+    assert mine < untouched

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -37,8 +36,11 @@ class Daemon:
         self.device = device
         self.notifier = notifier or Notifier()
         self.live_view = live_view
-        self.stop_requested = threading.Event()
-        self.reload_requested = threading.Event()
+        # Plain flags, not threading.Events: a signal handler that calls
+        # Event.set() while the main thread sits in Event.wait() on the same
+        # event can deadlock on the Event's internal lock.
+        self.stop_requested = False
+        self.reload_requested = False
         self.intake: Intake | None = None
         self.worker = None
         self._live_file: Path | None = None
@@ -48,9 +50,15 @@ class Daemon:
     # --- setup -------------------------------------------------------------------------
 
     def _signals(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_requested.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, *_) -> None:
+        self.stop_requested = True
+
+    def _on_reload(self, *_) -> None:
+        self.reload_requested = True
 
     def _open(self) -> None:
         config = self.config = load_config(self.config_path)
@@ -87,14 +95,15 @@ class Daemon:
         log.info("ready: %s", status_line(counts, len(self.config.watches)))
         view = self._live_view()
         try:
-            while not self.stop_requested.is_set():
-                if self.reload_requested.is_set():
-                    self.reload_requested.clear()
+            while not self.stop_requested:
+                if self.reload_requested:
+                    self.reload_requested = False
                     self._reload()
                 if self.intake is not None:
                     self.intake.step()
                 self._tick(view)
-                self.stop_requested.wait(LOOP_SECONDS)
+                if not self.stop_requested:
+                    time.sleep(LOOP_SECONDS)
         finally:
             if view is not None:
                 view.stop()
