@@ -52,6 +52,19 @@ def random_engine():
     return Engine(device="cpu", weights="random", precision="fp32")
 
 
+class FakeClock:
+    """A clock tests move by hand, so time-based behaviour needs no sleeping."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def to_tensor(array: np.ndarray):
     import torch
 

@@ -16,6 +16,7 @@ import time
 from contextlib import closing
 
 import pytest
+from conftest import FakeClock
 
 from nst_watch.jobs import DEAD, DONE, FAILED, LEASED, PENDING, SCHEMA_VERSION, STATES, Ledger, LedgerError
 
@@ -23,22 +24,11 @@ LEASE = 60.0
 SPAWN = multiprocessing.get_context("spawn")  # what a fresh `nst-watch work` process looks like: nothing inherited
 
 
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, start: float = 1_000_000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return FakeClock(1_000_000.0)
 
 
 @pytest.fixture

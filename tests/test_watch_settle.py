@@ -6,23 +6,13 @@ import os
 import threading
 
 import pytest
+from conftest import FakeClock
 
 from nst_watch.watch import EMPTY, NOT_REGULAR, READY, SYMLINK, SettleTracker
 
 SETTLE = 2.0
 
 
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

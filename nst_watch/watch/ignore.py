@@ -101,12 +101,16 @@ class PathFilter:
     def _is_ignored_name(self, name: str) -> bool:
         return self._ignore_re is not None and self._ignore_re.match(name) is not None
 
+    def _parts(self, path: str | os.PathLike[str]):
+        """Relative path components, or None for anything outside root or unparsable."""
+        try:
+            return self._relative_parts(path)
+        except (TypeError, ValueError):
+            return None
+
     def accepts(self, path: str | os.PathLike[str]) -> bool:
         """True if `path` (a file) may become a job. Never touches the disk, never raises."""
-        try:
-            parts = self._relative_parts(path)
-        except (TypeError, ValueError):
-            return False
+        parts = self._parts(path)
         if parts is None:
             return False
         if not self.recursive and len(parts) > 1:
@@ -125,10 +129,7 @@ class PathFilter:
         """
         if not self.recursive:
             return False
-        try:
-            parts = self._relative_parts(path)
-        except (TypeError, ValueError):
-            return False
+        parts = self._parts(path)
         if parts is None:
             return False
         return not any(self._is_ignored_name(part) for part in parts)
