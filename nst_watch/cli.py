@@ -15,14 +15,12 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import Config, EngineSettings, Preset, load_config, preset_from_styles, with_overrides
-from .errors import EXIT_FAILURE, ConfigError, NstWatchError
+from .config import Config, EngineSettings, load_config, preset_from_styles, with_overrides
+from .errors import EXIT_FAILURE, NstWatchError
 from .logs import setup_logging
 
 log = logging.getLogger("nst_watch")
 
-EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "tiff": "tif"}
-FORMAT_OF_SUFFIX = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff"}
 DEFAULT_TEMPLATE = "{stem}-{preset}.{ext}"
 
 
@@ -294,10 +292,3 @@ def validate(config_path: Path) -> None:
     """Check a config file; exit 78 naming the key and line if it is wrong."""
     config = load_config(config_path)
     click.echo(f"{config_path}: ok ({len(config.presets)} presets)")
-
-
-def run() -> None:  # pragma: no cover - console entry point alias
-    main()
-
-
-__all__ = ["main", "ConfigError", "Preset"]
