@@ -3,8 +3,9 @@
     python benchmarks/gpu.py --out "$OUT"          # or: bash benchmarks/gpu.sh
 
 Writes gpu.json and gpu.txt under --out: at 512 and 1024 px, batch 1 and 8,
-fp32 and bf16: time per iteration, images per hour (at the default 500
-iterations per image), peak memory per batch; then the largest square size
+fp32 and bf16: time per full-size iteration, images per hour (at 500 full-size
+iterations per image, the default preset's most before early stop, without the
+pyramid's cheap coarse scales), peak memory per batch; then the largest square size
 that fits one image (bf16); then compare.py's ratios at 512 px. Seeded random
 weights: speed and memory only. `--smoke` runs a tiny version on the CPU to
 check the script itself.
@@ -57,7 +58,7 @@ def square(size: int, seed: int = 0):
 def one(engine: Engine, size: int, batch: int, iterations: int) -> dict:
     style = to_tensor(synthetic_painting(size, size, seed=99))
     contents = [square(size, seed=i) for i in range(batch)]
-    preset = Preset(name="gpu", styles=["s.png"], size=size, iterations=iterations, early_stop=None)
+    preset = Preset(name="gpu", styles=["s.png"], size=size, iterations=iterations, early_stop=None, pyramid=None)
     engine.stylize(contents, preset.model_copy(update={"iterations": 3}), [style])  # cuDNN autotune, targets
     # Marginal cost: the difference between N and 2N iterations removes the
     # fixed per-call work (content features, final objective).
@@ -75,7 +76,7 @@ def largest(engine: Engine, low: int, high: int, step: int, deadline: float) -> 
     best = None
     while low <= high and time.monotonic() < deadline:
         mid = (low + high) // (2 * step) * step
-        preset = Preset(name="fit", styles=["s.png"], size=mid, iterations=2, early_stop=None)
+        preset = Preset(name="fit", styles=["s.png"], size=mid, iterations=2, early_stop=None, pyramid=None)
         try:
             reset_memory()
             engine.stylize([square(mid)], preset, [style])

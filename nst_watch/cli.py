@@ -64,7 +64,7 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--device", help="auto | cpu | cuda | cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]))
 @click.option("--size", type=int, help="Output long edge in pixels.")
-@click.option("--iterations", type=int, help="Iterations (per pyramid scale).")
+@click.option("--iterations", type=int, help="Iterations at full size (each coarser pyramid scale runs a tenth).")
 @click.option("--style-weight", type=float)
 @click.option("--content-weight", type=float)
 @click.option("--tv-weight", type=float)

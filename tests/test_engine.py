@@ -1,14 +1,16 @@
 """The engine through its public API, on seeded random VGG19 weights."""
 
 import math
+import platform
+import resource
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import synthetic_painting, synthetic_photo, to_tensor
 from nst_watch.config import Preset
-from nst_watch.engine import Progress
+from nst_watch.engine import Engine, Progress, scale_sizes
+from nst_watch.engine.engine import scale_iterations
 from nst_watch.engine.color import match_color, rgb_to_ycc
 from nst_watch.errors import EngineError
 
@@ -126,6 +128,24 @@ def test_pyramid_runs_each_scale_from_the_previous_one(random_engine, photo, pai
     assert result.image.shape == (3, 64, 64)
 
 
+def test_default_pyramid_lays_out_at_a_quarter_size_with_a_tenth_of_the_iterations():
+    p = Preset(styles=["style.png"], size=256, iterations=500)
+    assert scale_sizes(p) == [64, 128, 256]
+    assert scale_iterations(p, 3) == [50, 50, 500]
+    assert scale_sizes(p.model_copy(update={"pyramid": None})) == [256]
+
+
+def test_a_coarse_scale_too_small_for_the_network_is_skipped(random_engine, painting):
+    # A 4:1 panorama at 96 px is 96x24; its 48 px scale would be 48x12,
+    # below the 16 px relu5_1 needs, so only the full size runs.
+    panorama = to_tensor(synthetic_photo(30, 120, seed=3))
+    events: list[Progress] = []
+    p = preset(size=96, iterations=4, pyramid={"min_size": 32, "factor": 2})
+    [result] = random_engine.stylize([panorama], p, [painting], progress=events.append)
+    assert {(e.scale, e.scales, e.width) for e in events} == {(1, 1, 96)}
+    assert result.image.shape == (3, 24, 96)
+
+
 def test_blending_two_styles_and_style_scale(random_engine, photo, painting):
     other = to_tensor(synthetic_painting(48, 48, seed=9))
     p = preset(styles=[{"path": "a.png", "weight": 3}, {"path": "b.png", "weight": 1}], style_scale=0.5, iterations=3)
@@ -162,3 +182,28 @@ def test_objective_judges_any_image_with_the_optimised_function(random_engine, p
     [untouched] = random_engine.objective([photo], [photo], p, [painting])
     assert mine == pytest.approx(result.loss, rel=1e-4)
     assert mine < untouched
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_memory_format_changes_speed_not_results(random_engine, photo, painting, optimizer):
+    # channels_last is the fast layout for cuDNN and oneDNN; it must not
+    # change what the optimisers compute (L-BFGS needs contiguous leaves).
+    other = Engine(device="cpu", weights="random", precision="fp32", channels_last=not random_engine.channels_last)
+    p = preset(iterations=6, optimizer=optimizer)
+    [a] = random_engine.stylize([photo], p, [painting])
+    [b] = other.stylize([photo], p, [painting])
+    assert float((a.image - b.image).abs().mean()) < 1e-2
+    assert a.loss == pytest.approx(b.loss, rel=1e-2)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc thresholds")
+def test_cpu_engine_reuses_freed_memory_instead_of_faulting_it_in_again(random_engine):
+    # Without keep_freed_memory every 64 MB activation is a fresh mmap:
+    # 16384 page faults each time it is allocated.
+    size = 64 * 2**20 // 4
+    for _ in range(4):  # until the heap has grown to hold it
+        torch.ones(size)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        torch.ones(size)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1000

@@ -18,6 +18,22 @@ def test_gram_matrix_matches_hand_computation():
     assert torch.allclose(gram_matrix(features)[0], expected)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_gram_gradient_matches_plain_autograd(memory_format):
+    # The Gram has a hand-written one-matmul backward; it must agree with
+    # autograd's own two-matmul derivative, in double precision and as used.
+    features = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=memory_format)
+    features.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f: gram_matrix(f.float()).double(), (features,), eps=1e-3, atol=1e-2)
+    x = torch.randn(2, 16, 6, 7).contiguous(memory_format=memory_format).requires_grad_(True)
+    weight = torch.randn(2, 16, 16)
+    (gram_matrix(x) * weight).sum().backward()
+    reference = x.detach().clone().requires_grad_(True)
+    flat = reference.reshape(2, 16, 42)
+    ((flat @ flat.transpose(1, 2) / 42) * weight).sum().backward()
+    assert torch.allclose(x.grad, reference.grad, atol=1e-5)
+
+
 def test_gram_is_float32_even_under_bf16_autocast():
     features = torch.randn(1, 8, 4, 4).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -88,8 +88,8 @@ def build_features(
 class FeatureExtractor(nn.Module):
     """Runs VGG19 up to the deepest requested layer and returns named activations.
 
-    Holds only the modules up to that layer (shared with the resident network,
-    so building one costs no memory).
+    Holds only the modules up to that layer (the convolutions are shared with
+    the resident network, so building one costs no memory).
     """
 
     def __init__(self, features: nn.Sequential, layers: Iterable[str], preprocess: Preprocess):
@@ -99,7 +99,14 @@ class FeatureExtractor(nn.Module):
             raise ValueError("at least one layer is required")
         self.indices = {layer_index(name): name for name in self.layers}
         deepest = max(self.indices)
-        self.net = nn.Sequential(*list(features)[: deepest + 1])
+        modules = list(features)[: deepest + 1]
+        for i, module in enumerate(modules):
+            if isinstance(module, nn.ReLU) and i - 1 not in self.indices:
+                # In place where nobody reads the conv output: saves one
+                # activation-sized buffer per layer (the conv's backward
+                # needs its input, never its output).
+                modules[i] = nn.ReLU(inplace=True)
+        self.net = nn.Sequential(*modules)
         self.preprocess = preprocess
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
