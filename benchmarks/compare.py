@@ -101,6 +101,19 @@ def time_to_classic(engine: Engine, size: int, evaluations: int) -> dict:
 # --- 2. engine overhead per iteration ---------------------------------------------------
 
 
+def seconds_per_iteration(engine: Engine, contents, preset: Preset, style) -> float:
+    """Iterations N+1..2N of one 2N-iteration run, timed by its own progress reports.
+
+    Each report is a host sync, so this counts everything an iteration does
+    (losses, L-BFGS step, bookkeeping) and nothing done once per call. N must
+    be a multiple of engine.report_every.
+    """
+    n = preset.iterations // 2
+    seen: dict[int, float] = {}
+    engine.stylize(contents, preset, [style], progress=lambda e: seen.setdefault(e.iteration, e.elapsed))
+    return (seen[2 * n] - seen[n]) / n
+
+
 def iteration_overhead(engine: Engine, size: int, iterations: int, repeats: int) -> dict:
     [content], style = images(size)
     # One scale at a fixed count: the figure is the cost of an iteration at this size.
@@ -124,12 +137,7 @@ def iteration_overhead(engine: Engine, size: int, iterations: int, repeats: int)
             bare()
         sync(engine.device)
         plain.append((time.perf_counter() - t) / iterations)
-        # Iterations N+1..2N of one run, timed by its own progress reports
-        # (each a host sync): everything an iteration does (losses, L-BFGS
-        # step, bookkeeping) and nothing done once per call.
-        seen: dict[int, float] = {}
-        engine.stylize([content], preset, [style], progress=lambda e: seen.setdefault(e.iteration, e.elapsed))
-        ours.append((seen[2 * iterations] - seen[iterations]) / iterations)
+        ours.append(seconds_per_iteration(engine, [content], preset, style))
     return {"size": size, "iterations": iterations, "ours_seconds_per_iteration": min(ours),
             "bare_seconds_per_iteration": min(plain), "ratio": min(ours) / min(plain)}
 

@@ -60,12 +60,9 @@ def one(engine: Engine, size: int, batch: int, iterations: int) -> dict:
     contents = [square(size, seed=i) for i in range(batch)]
     preset = Preset(name="gpu", styles=["s.png"], size=size, iterations=iterations, early_stop=None, pyramid=None)
     engine.stylize(contents, preset.model_copy(update={"iterations": 3}), [style])  # cuDNN autotune, targets
-    # Marginal cost: the difference between N and 2N iterations removes the
-    # fixed per-call work (content features, final objective).
-    [short, *_] = engine.stylize(contents, preset, [style])
     reset_memory()
-    [long, *_] = engine.stylize(contents, preset.model_copy(update={"iterations": 2 * iterations}), [style])
-    per_iteration = (long.seconds - short.seconds) / iterations
+    per_iteration = compare.seconds_per_iteration(engine, contents, preset.model_copy(update={"iterations": 2 * iterations}),
+                                                  style)
     return {"size": size, "batch": batch, "seconds_per_iteration": per_iteration,
             "images_per_hour": batch / (per_iteration * DEFAULT_ITERATIONS) * 3600, "peak_mb": peak_mb()}
 

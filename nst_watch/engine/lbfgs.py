@@ -38,13 +38,14 @@ class BatchedLBFGS:
         self.x = x
         self.lr = lr
         self.bounds = bounds
-        n, p = len(x), x[0].numel()
         self.history = history
-        self.s = x.new_zeros(history, n, p)  # step taken
-        self.y = x.new_zeros(history, n, p)  # change in gradient
-        self.rho = x.new_zeros(history, n)  # 1 / (y.s); 0 marks a pair this image skipped
-        self.pairs = 0  # pairs stored (a ring buffer once full)
-        self.gamma = x.new_ones(n)  # initial Hessian scale, s.y / y.y of the newest accepted pair
+        # Curvature pairs, each [N, P], grown as they come (a short or early
+        # stopped run never holds the whole history), then a ring buffer.
+        self.s: list[torch.Tensor] = []  # step taken
+        self.y: list[torch.Tensor] = []  # change in gradient
+        self.rho: list[torch.Tensor] = []  # [N] 1 / (y.s); 0 marks a pair that image skipped
+        self.pairs = 0  # pairs seen
+        self.gamma = x.new_ones(len(x))  # initial Hessian scale, s.y / y.y of the newest accepted pair
         self._x: torch.Tensor | None = None  # the previous point
         self._g: torch.Tensor | None = None  # the gradient there
 
@@ -67,17 +68,20 @@ class BatchedLBFGS:
         # Curvature condition, per image: a pair with y.s <= 0 would make the
         # inverse Hessian indefinite, so that image skips it (rho = 0).
         accepted = ys > 1e-10
-        slot = self.pairs % self.history
-        self.s[slot] = s
-        self.y[slot] = y
-        self.rho[slot] = torch.where(accepted, 1 / ys.clamp(min=1e-10), torch.zeros_like(ys))
+        rho = torch.where(accepted, 1 / ys.clamp(min=1e-10), torch.zeros_like(ys))
+        if len(self.s) < self.history:
+            self.s.append(s)
+            self.y.append(y)
+            self.rho.append(rho)
+        else:
+            slot = self.pairs % self.history
+            self.s[slot], self.y[slot], self.rho[slot] = s, y, rho
         self.gamma = torch.where(accepted, ys / torch.linalg.vecdot(y, y).clamp(min=1e-30), self.gamma)
         self.pairs += 1
 
     def _two_loop(self, g: torch.Tensor) -> torch.Tensor:
         """H g by the two-loop recursion (Nocedal & Wright, algorithm 7.4), per image."""
-        count = min(self.pairs, self.history)
-        newest_first = [(self.pairs - 1 - k) % self.history for k in range(count)]
+        newest_first = [(self.pairs - 1 - k) % self.history for k in range(len(self.s))]
         q = g.clone()
         alphas = {}
         for i in newest_first:
