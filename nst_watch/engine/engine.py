@@ -27,7 +27,7 @@ from ..errors import EngineError
 from . import color
 from .lbfgs import BatchedLBFGS
 from .losses import ContentLoss, LayerSum, Scale, StyleLoss, TVLoss, blend_grams, gram_matrix, layer_weights
-from .vgg import LAYER_NAMES, FeatureExtractor, build_features, layer_index
+from .vgg import LAYER_NAMES, FeatureExtractor, build_features, deepest_layer, layer_index
 from .weights import load_weights
 
 log = logging.getLogger("nst_watch.engine")
@@ -299,19 +299,27 @@ class Engine:
     def _run(self, batch: torch.Tensor, preset: Preset, styles, progress) -> list[StylizeResult]:
         start = time.perf_counter()
         final_hw = fit_long_edge(*batch.shape[-2:], preset.size)
+        deepest = deepest_layer([*preset.content_layers, *preset.style_layers])
+        need = _shortest_edge(deepest)
         sizes = scale_sizes(preset)
+        # Coarse scales too small for the deepest layer are skipped; only
+        # the full size can be too small, which is the photo's or preset's fault.
         schedule = [
             (edge, steps) for edge, steps in zip(sizes, scale_iterations(preset, len(sizes)))
-            if edge == preset.size or min(fit_long_edge(*batch.shape[-2:], edge)) >= _shortest_edge(preset)
+            if edge == preset.size or min(fit_long_edge(*batch.shape[-2:], edge)) >= need
         ]
         sizes, iterations = [edge for edge, _ in schedule], [steps for _, steps in schedule]
+        if min(final_hw) < need:
+            raise EngineError(
+                f"preset {preset.name!r}: the image is {final_hw[1]}x{final_hw[0]} at scale {len(sizes)}, too small "
+                f"for layer {deepest}, which needs a short edge of at least {need} px (raise size)"
+            )
         clock = _Clock(preset.name, len(batch), len(sizes), sum(iterations), start, progress, self.report_every,
                        preset.early_stop)
         timings = {"style_targets": 0.0}
         image = None
         for scale, (edge, steps) in enumerate(zip(sizes, iterations), start=1):
             hw = fit_long_edge(*batch.shape[-2:], edge) if edge != preset.size else final_hw
-            _check_size(preset, hw, scale)
             content = resize(batch, hw)
             t0 = time.perf_counter()
             objective, param = self._setup_scale(content, preset, styles, edge, image)
@@ -507,20 +515,9 @@ class Engine:
         return best, best_terms
 
 
-def _shortest_edge(preset: Preset) -> int:
+def _shortest_edge(deepest: str) -> int:
     """Each pooling halves the image; the deepest layer needs at least one pixel left."""
-    deepest = max(preset.content_layers + preset.style_layers, key=layer_index)
     return 2 ** sum(1 for name in LAYER_NAMES[: layer_index(deepest)] if name.startswith("pool"))
-
-
-def _check_size(preset: Preset, hw: tuple[int, int], scale: int) -> None:
-    need = _shortest_edge(preset)
-    if min(hw) < need:
-        deepest = max(preset.content_layers + preset.style_layers, key=layer_index)
-        raise EngineError(
-            f"preset {preset.name!r}: the image is {hw[1]}x{hw[0]} at scale {scale}, too small for layer "
-            f"{deepest}, which needs a short edge of at least {need} px (raise size)"
-        )
 
 
 def _identity(image: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,9 @@ needs exactly one forward and backward pass per step. Pixels are kept in
 
 The curvature pair records the step actually taken, after projection.
 `torch.optim.LBFGS` with the pixels clamped between its steps (the engine's
-first version) records the unprojected step; the
-mismatch between that step and the gradient change makes the loss jump
-about, and on a box-constrained quadratic it settles on the wrong corner
+first version) records the unprojected step; the mismatch between that step
+and the gradient change makes the loss jump about, and on a
+box-constrained quadratic it settles on the wrong corner
 (see tests/test_lbfgs.py). That variant reaches a rough objective sooner
 from a full-size start (256 px, random weights: 62 iterations to the
 classic run's objective against 180), so the default preset starts from a
