@@ -289,23 +289,26 @@ def test_folder_replaced_between_checks(inbox, make_watcher, polling):
     assert wait_until(lambda: watcher.check() is False and inbox / "later.jpg" in got.seen())
 
 
+def assert_check_restores_the_watch(watcher, got, new_photo):
+    """check() reports a restart, and a photo dropped afterwards arrives."""
+    assert watcher.check() is True
+    new_photo.write_bytes(b"x")
+    assert wait_until(lambda: new_photo in got.seen())
+
+
 def test_folder_swapped_by_rename_is_detected(tmp_path, inbox, make_watcher):
     """inotify follows a renamed folder; the new folder at the path needs a new watch."""
     watcher, got = make_watcher(inbox)
     inbox.rename(tmp_path / "old")
     inbox.mkdir()
-    assert watcher.check() is True
-    (inbox / "new.jpg").write_bytes(b"x")
-    assert wait_until(lambda: inbox / "new.jpg" in got.seen())
+    assert_check_restores_the_watch(watcher, got, inbox / "new.jpg")
 
 
 def test_dead_observer_is_restarted(inbox, make_watcher):
     watcher, got = make_watcher(inbox)
     watcher._observer.stop()  # simulate watchdog's thread dying
     assert wait_until(lambda: not watcher.is_alive())
-    assert watcher.check() is True
-    (inbox / "a.jpg").write_bytes(b"x")
-    assert wait_until(lambda: inbox / "a.jpg" in got.seen())
+    assert_check_restores_the_watch(watcher, got, inbox / "a.jpg")
 
 
 def test_start_on_missing_folder_waits_for_it(tmp_path, make_watcher):
@@ -313,9 +316,7 @@ def test_start_on_missing_folder_waits_for_it(tmp_path, make_watcher):
     watcher, got = make_watcher(root)
     assert watcher.down and watcher.mode is None
     root.mkdir()
-    assert watcher.check() is True
-    (root / "a.jpg").write_bytes(b"x")
-    assert wait_until(lambda: root / "a.jpg" in got.seen())
+    assert_check_restores_the_watch(watcher, got, root / "a.jpg")
 
 
 def test_stop_is_idempotent_and_check_after_stop_is_noop(inbox, make_watcher):
