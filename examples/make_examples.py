@@ -1,9 +1,24 @@
-"""Regenerates the procedural example images shipped with nst-watch.
+"""Regenerates the example style images and copies the example photos.
 
-They exist so the README's commands work offline on a fresh clone; they are
-not art. Run: python examples/make_examples.py
+    python examples/make_examples.py [--skimage-data DIR]
+
+Styles (ours, CC0, made here so nothing needs a download):
+
+- ``styles/impasto.jpg``: a painting in thick, short brush strokes that follow
+  a swirling flow field, in a night-sky palette; each stroke has a lit and a
+  shaded edge, as paint laid on with a loaded brush has.
+- ``styles/stained-glass.jpg``: jewel-coloured glass panes with streaks and
+  bubbles, held by dark lead lines.
+
+Photos and the third style come from scikit-image's bundled sample data
+(public domain or CC0, see SOURCES); with ``--skimage-data`` pointing at
+``skimage/data`` (``pip download scikit-image`` and unzip the wheel) they are
+re-exported at the sizes the repository keeps.
 """
 
+from __future__ import annotations
+
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -11,45 +26,100 @@ from PIL import Image, ImageDraw, ImageFilter
 
 HERE = Path(__file__).parent
 
+NIGHT = [(18, 32, 84), (30, 60, 130), (52, 94, 170), (90, 140, 200), (220, 190, 60), (245, 220, 110),
+         (200, 120, 30), (16, 40, 40), (60, 80, 60), (235, 235, 210)]
 
-def waves(size: int = 256) -> Image.Image:
+
+def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray:
+    """Value noise: a coarse random grid, bicubically enlarged to size x size, in [-1, 1]."""
+    coarse = rng.uniform(-1, 1, (scale, scale)).astype(np.float32)
+    image = Image.fromarray(coarse, mode="F").resize((size, size), Image.BICUBIC)
+    return np.asarray(image)
+
+
+def impasto(size: int = 512, seed: int = 11) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    # Colour layout: bands of sky, a glowing moon and swirls, darker ground.
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    swirl = np.sin(14 * x + 6 * np.sin(9 * y)) * np.cos(11 * y + 4 * np.sin(7 * x))
-    rgb = np.stack([0.15 + 0.2 * swirl, 0.35 + 0.3 * swirl, 0.65 + 0.3 * np.abs(swirl)], axis=-1)
-    return Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
+    swirl = _smooth_noise(rng, size, 6) + 0.5 * _smooth_noise(rng, size, 12)
+    angle = np.pi * swirl + 2.0 * np.sin(3 * y + 2 * x)
+    moon = np.exp(-(((x - 0.72) ** 2 + (y - 0.25) ** 2) / 0.012))
+    for sx, sy in rng.uniform([0.05, 0.05], [0.95, 0.6], (7, 2)):  # stars
+        moon += 0.8 * np.exp(-(((x - sx) ** 2 + (y - sy) ** 2) / 0.002))
+    level = np.clip(0.35 + 0.25 * np.sin(6 * x + 4 * swirl) + 0.6 * moon - 0.5 * (y > 0.7 + 0.08 * swirl), 0, 0.999)
+    canvas = Image.new("RGB", (size, size), NIGHT[1])
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(9000):
+        px, py = rng.uniform(0, size, 2)
+        i, j = int(py) % size, int(px) % size
+        band = int(level[i, j] * 6)
+        base = np.array(NIGHT[[0, 1, 2, 3, 5, 4][band] if y[i, j] < 0.7 + 0.08 * swirl[i, j] else [7, 8, 6, 7, 8, 6][band]])
+        colour = np.clip(base + rng.normal(0, 14, 3), 0, 255)
+        points = [(px, py)]
+        for _ in range(int(rng.integers(3, 7))):
+            a = angle[int(points[-1][1]) % size, int(points[-1][0]) % size]
+            points.append((points[-1][0] + 4 * np.cos(a), points[-1][1] + 4 * np.sin(a)))
+        width = int(rng.integers(4, 8))
+        shade = tuple(int(c) for c in colour * 0.6)
+        light = tuple(int(c) for c in np.minimum(colour * 1.25 + 20, 255))
+        draw.line([(p[0] + 1, p[1] + 1) for p in points], fill=shade, width=width, joint="curve")
+        draw.line(points, fill=tuple(int(c) for c in colour), width=width - 1, joint="curve")
+        draw.line([(p[0] - 1, p[1] - 1) for p in points], fill=light, width=1)
+    return canvas.filter(ImageFilter.SMOOTH)
 
 
-def mosaic(size: int = 256, seed: int = 7) -> Image.Image:
+def stained_glass(size: int = 512, seed: int = 5, panes: int = 220) -> Image.Image:
     rng = np.random.default_rng(seed)
-    image = Image.new("RGB", (size, size), (30, 20, 10))
-    draw = ImageDraw.Draw(image)
-    palette = [(220, 160, 40), (180, 50, 30), (240, 220, 180), (60, 90, 140), (30, 120, 80)]
-    for _ in range(400):
-        x, y = rng.integers(0, size, 2)
-        r = int(rng.integers(4, 14))
-        draw.rectangle([x - r, y - r, x + r, y + r], fill=palette[rng.integers(len(palette))], outline=(20, 15, 10))
-    return image.filter(ImageFilter.SMOOTH)
+    seeds = rng.uniform(0, size, (panes, 2)).astype(np.float32)
+    palette = np.array([(150, 20, 30), (20, 60, 150), (30, 120, 60), (210, 160, 30), (110, 30, 120),
+                        (20, 130, 150), (200, 80, 20), (230, 210, 150)], dtype=np.float32)
+    colours = palette[rng.integers(len(palette), size=panes)] * rng.uniform(0.75, 1.15, (panes, 1))
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    wobble = 6 * _smooth_noise(rng, size, 16)
+    points = np.stack([x + wobble, y - wobble], -1).reshape(-1, 1, 2)
+    nearest = np.empty(size * size, np.int64)
+    gap = np.empty(size * size, np.float32)
+    for start in range(0, size * size, 16384):  # chunks keep the distance matrix small
+        d = np.sqrt(((points[start:start + 16384] - seeds[None]) ** 2).sum(-1))
+        two = np.partition(d, 1, axis=1)[:, :2]
+        nearest[start:start + 16384] = d.argmin(1)
+        gap[start:start + 16384] = two[:, 1] - two[:, 0]
+    glass = colours[nearest].reshape(size, size, 3)
+    streaks = 1 + 0.18 * _smooth_noise(rng, size, 40)[..., None] + rng.normal(0, 0.04, (size, size, 1))
+    glass = glass * streaks
+    lead = (gap.reshape(size, size) < 3.2)[..., None]
+    image = np.where(lead, np.array([25, 22, 20], np.float32), glass)
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).filter(ImageFilter.SMOOTH)
 
 
-def harbour(width: int = 320, height: int = 213, seed: int = 3) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    sky = np.stack([0.55 + 0.3 * y / height, 0.7 + 0.15 * y / height, 0.95 - 0.05 * y / height], axis=-1)
-    sea = y > height * 0.6
-    ripple = 0.04 * np.sin(x / 3 + rng.uniform(0, 6)) * np.sin(y / 2)
-    sky[sea] = np.stack([0.1 + ripple, 0.3 + ripple, 0.5 + ripple], axis=-1)[sea]
-    image = Image.fromarray((np.clip(sky, 0, 1) * 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for i in range(5):  # boats
-        bx = 30 + i * 60
-        by = int(height * 0.6) + 8
-        draw.polygon([(bx, by), (bx + 40, by), (bx + 32, by + 10), (bx + 8, by + 10)], fill=(120, 40, 30))
-        draw.line([(bx + 20, by), (bx + 20, by - 45)], fill=(40, 30, 20), width=2)
-        draw.polygon([(bx + 21, by - 44), (bx + 21, by - 8), (bx + 40, by - 8)], fill=(240, 235, 220))
-    return image
+SKIMAGE = {  # file in skimage/data -> (name here, long edge)
+    "astronaut.png": ("photos/astronaut.jpg", 512),
+    "coffee.png": ("photos/coffee.jpg", 512),
+    "chelsea.png": ("photos/chelsea.jpg", 451),
+    "rocket.jpg": ("photos/rocket.jpg", 512),
+    "ihc.png": ("styles/micrograph.jpg", 512),
+}
+
+
+def copy_skimage(data: Path) -> None:
+    for name, (target, edge) in SKIMAGE.items():
+        with Image.open(data / name) as image:
+            image = image.convert("RGB")
+            image.thumbnail((edge, edge), Image.LANCZOS)
+            dest = HERE / target
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.suffix == ".jpg":
+                image.save(dest, quality=90, subsampling=0)
+            else:
+                image.save(dest, optimize=True)
 
 
 if __name__ == "__main__":
-    waves().save(HERE / "styles" / "waves.png", optimize=True)
-    mosaic().save(HERE / "styles" / "mosaic.png", optimize=True)
-    harbour().save(HERE / "photos" / "harbour.jpg", quality=92)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skimage-data", type=Path, help="scikit-image's skimage/data folder")
+    args = parser.parse_args()
+    (HERE / "styles").mkdir(exist_ok=True)
+    impasto().save(HERE / "styles" / "impasto.jpg", quality=92, subsampling=0)
+    stained_glass().save(HERE / "styles" / "stained-glass.jpg", quality=92, subsampling=0)
+    if args.skimage_data:
+        copy_skimage(args.skimage_data)

@@ -16,7 +16,7 @@ import click
 
 from . import __version__
 from .config import Config, EngineSettings, load_config, preset_from_styles, with_overrides
-from .errors import EXIT_FAILURE, NstWatchError
+from .errors import EXIT_FAILURE, ConfigError, NstWatchError
 from .logs import setup_logging
 
 log = logging.getLogger("nst_watch")
@@ -48,37 +48,148 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 # --- stylize -----------------------------------------------------------------------
+#
+# Every preset setting has a flag named after it (nested keys joined with a
+# dash: pyramid.min_size is --pyramid-min-size), with the setting's own help
+# text and default, so YAML, CLI and API share one vocabulary. A flag left
+# out keeps the preset's value.
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+# (setting path in the preset, click type or converter, metavar); the flag is the path with dashes.
+_PRESET_FLAGS: list[tuple[str, object, str | None]] = [
+    ("size", int, "PX"),
+    ("iterations", int, "N"),
+    ("style_weight", float, "W"),
+    ("content_weight", float, "W"),
+    ("tv_weight", float, "W"),
+    ("style_scale", float, "X"),
+    ("color", click.Choice(["none", "luminance", "histogram"]), None),
+    ("optimizer", click.Choice(["lbfgs", "adam"]), None),
+    ("init", click.Choice(["content", "noise", "gray"]), None),
+    ("seed", int, "N"),
+    ("learning_rate", float, "LR"),
+    ("average", float, "DECAY"),
+    ("history_size", int, "N"),
+    ("content_layers", _names, "L1,L2"),
+    ("style_layers", _names, "L1,..."),
+    ("style_layer_weights", _floats, "W1,..."),
+    ("pyramid.min_size", int, "PX"),
+    ("pyramid.factor", float, "X"),
+    ("pyramid.iterations", _ints, "N1,..."),
+    ("early_stop.every", int, "N"),
+    ("early_stop.min_change", float, "LEVELS"),
+    ("output.format", click.Choice(["jpeg", "png", "webp", "tiff"]), None),
+    ("output.quality", int, "1-100"),
+    ("output.bit_depth", click.Choice(["8", "16"]), None),
+    ("output.icc", click.Choice(["srgb", "keep"]), None),
+]
+_PRESET_SWITCHES = [  # (flag, setting path, value when given, help)
+    ("--no-pyramid", "pyramid", None, "Optimise at full size only (pyramid: null)."),
+    ("--no-early-stop", "early_stop", None, "Run every iteration (early_stop: null)."),
+    ("--strip-gps", "output.strip_gps", True, "Leave the GPS position out of the output's metadata."),
+    ("--sidecar", "output.sidecar", True, "Write <output>.json with parameters, hashes and timings."),
+]
+
+
+def _setting(path: str):
+    """(help, default) of a Preset setting, from the model itself."""
+    from .config import Preset
+
+    *parents, leaf = path.split(".")
+    model = Preset
+    for part in parents:
+        model = type(model.model_fields[part].get_default())
+    field = model.model_fields[leaf]
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, list):
+        default = ",".join(map(str, default))
+    text = field.description or ""
+    return text[:1].upper() + text[1:], default
+
+
+def _preset_options(command):
+    for path, kind, metavar in reversed(_PRESET_FLAGS):
+        help_text, default = _setting(path)
+        converter = None if kind in (int, float) or isinstance(kind, click.ParamType) else kind
+        option = click.option(
+            "--" + path.replace("_", "-").replace(".", "-"), path.replace(".", "__"),
+            type=str if converter else kind, metavar=metavar, help=help_text or None,
+            default=None if default is None else str(default), show_default=default is not None,
+            callback=(lambda ctx, param, value, c=converter: c(value) if value is not None else None)
+            if converter else None,
+        )
+        command = option(command)
+    for flag, path, _, help_text in reversed(_PRESET_SWITCHES):
+        command = click.option(flag, "switch__" + path.replace(".", "__"), is_flag=True, help=help_text)(command)
+    return command
+
+
+def _preset_overrides(ctx: click.Context, values: dict) -> dict:
+    """Flags given on the command line -> nested preset overrides; defaults shown in --help are not overrides."""
+    from click.core import ParameterSource
+
+    overrides: dict = {}
+    for key, value in values.items():
+        if ctx.get_parameter_source(key) != ParameterSource.COMMANDLINE:
+            continue
+        if key.startswith("switch__"):
+            path = key[len("switch__"):]
+            value = next(v for _, p, v, _ in _PRESET_SWITCHES if p.replace(".", "__") == path)
+        else:
+            path = key
+            if path == "output__bit_depth":
+                value = int(value)
+        *parents, leaf = path.split("__")
+        node = overrides
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return overrides
 
 
 @main.command()
 @click.argument("contents", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), help="Config file holding presets.")
 @click.option("-p", "--preset", "preset_name", help="Preset name from --config.")
-@click.option("-s", "--style", "styles", multiple=True, type=click.Path(path_type=Path),
+@click.option("-s", "--style", "styles", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Style image (repeat to blend several); instead of --preset.")
-@click.option("-o", "--output", "output", type=click.Path(path_type=Path), help="Output file (one photo only).")
-@click.option("--out-dir", type=click.Path(path_type=Path), help="Output folder [default: current folder].")
-@click.option("--template", default=DEFAULT_TEMPLATE, show_default=True, help="Output name template for --out-dir.")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file (one photo only).")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="Output folder.",
+              show_default="the current folder")
+@click.option("--template", default=DEFAULT_TEMPLATE, show_default=True,
+              help="Output name template for --out-dir; tokens {stem} {ext} {preset} {date} {time} {hash8} "
+              "{counter} {width} {height}.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output instead of adding ' (1)'.")
-@click.option("--weights", help="torchvision | caffe:PATH | PATH | random (tests only).")
-@click.option("--device", help="auto | cpu | cuda | cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]))
-@click.option("--size", type=int, help="Output long edge in pixels.")
-@click.option("--iterations", type=int, help="Iterations at full size (each coarser pyramid scale runs a tenth).")
-@click.option("--style-weight", type=float)
-@click.option("--content-weight", type=float)
-@click.option("--tv-weight", type=float)
-@click.option("--style-scale", type=float, help="Style image size relative to the output.")
-@click.option("--color", type=click.Choice(["none", "luminance", "histogram"]))
-@click.option("--optimizer", type=click.Choice(["adam", "lbfgs"]))
-@click.option("--init", type=click.Choice(["content", "noise", "gray"]))
-@click.option("--seed", type=int)
-@click.option("--batch", default=4, show_default=True, help="Photos optimised together (same size only).")
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
-def stylize(contents, config_path, preset_name, styles, output, out_dir, template, overwrite, weights, device,
-            precision, size, iterations, style_weight, content_weight, tv_weight, style_scale, color, optimizer,
-            init, seed, batch, as_json):
-    """Stylise CONTENT photos with a preset or with --style images."""
+@click.option("--weights", help="VGG19 weights: caffe (bundled original) | torchvision | caffe:PATH | PATH | "
+              "random (tests only).", show_default=EngineSettings().weights)
+@click.option("--device", help="auto | cpu | cuda | cuda:N.", show_default=EngineSettings().device)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), show_default=EngineSettings().precision,
+              help="auto: bf16 convolutions on CUDA, fp32 on CPU.")
+@click.option("--batch", default=4, show_default=True, help="Photos optimised together (same output size only).")
+@click.option("--json", "as_json", is_flag=True, help="Print one record per photo as JSON on stdout.")
+@_preset_options
+@click.pass_context
+def stylize(ctx, contents, config_path, preset_name, styles, output, out_dir, template, overwrite, weights, device,
+            precision, batch, as_json, **settings):
+    """Stylise CONTENT photos with a preset or with --style images.
+
+    Preset settings below override the preset's (or, with --style, the
+    defaults shown). Photos that cannot be read are reported and skipped;
+    the exit code is then 1.
+    """
     if bool(preset_name) == bool(styles):
         raise click.UsageError("give either --preset NAME (with --config FILE) or one or more --style IMAGE")
     if preset_name and not config_path:
@@ -87,19 +198,30 @@ def stylize(contents, config_path, preset_name, styles, output, out_dir, templat
         raise click.UsageError("-o/--output takes one photo; use --out-dir for several")
     if output and out_dir:
         raise click.UsageError("give -o/--output or --out-dir, not both")
+    if output and not output.parent.is_dir():
+        raise click.BadParameter(f"the folder {output.parent} does not exist", param_hint="-o/--output")
+    from .photo import validate_template
+
+    try:
+        validate_template(template)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--template") from None
 
     config = load_config(config_path) if config_path else Config()
-    overrides = dict(size=size, iterations=iterations, style_weight=style_weight, content_weight=content_weight,
-                     tv_weight=tv_weight, style_scale=style_scale, color=color, optimizer=optimizer, init=init,
-                     seed=seed)
+    overrides = _preset_overrides(ctx, settings)
     if preset_name:
         preset = with_overrides(config.preset(preset_name), **overrides)
     else:
-        preset = preset_from_styles([str(s) for s in styles], **{k: v for k, v in overrides.items() if v is not None})
+        try:
+            preset = preset_from_styles([str(s) for s in styles], **overrides)
+        except ConfigError as exc:  # the flags given make an unusable preset
+            raise click.UsageError(str(exc).replace("command line: invalid config", "invalid --style or flags")) \
+                from None
     engine_settings = _engine_settings(config.engine, weights=weights, device=device, precision=precision)
 
     from .darkroom import Darkroom  # imports torch
 
+    # The engine loads on first use: photos and style images are checked first.
     darkroom = Darkroom(engine_settings, max_pixels=config.max_pixels)
     results = darkroom.stylize_files(
         contents, preset, output=output, out_dir=out_dir or Path.cwd(), template=template,
@@ -140,14 +262,20 @@ def weights_download() -> None:
     click.echo(str(path))
 
 
+_spec_argument = click.argument("spec", required=False, default=EngineSettings().weights)
+
+
 @weights.command("verify")
-@click.argument("spec", required=False)
-@click.option("--json", "as_json", is_flag=True)
-def weights_verify(spec: str | None, as_json: bool) -> None:
-    """Check a weights file (default: the cached torchvision file): hash, keys, shapes."""
+@_spec_argument
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def weights_verify(spec: str, as_json: bool) -> None:
+    """Check the weights SPEC loads (default: caffe, the bundled ones): hash, keys, shapes, values.
+
+    SPEC is what engine.weights / --weights take: caffe, torchvision, caffe:PATH, PATH.
+    """
     from .engine import weights as w
 
-    report = w.verify(spec or "torchvision")
+    report = w.verify(spec)
     if as_json:
         click.echo(json.dumps({"spec": report.spec, "path": str(report.path) if report.path else None,
                                "ok": report.ok, "details": list(report.details), "problems": list(report.problems)}))
@@ -158,11 +286,15 @@ def weights_verify(spec: str | None, as_json: bool) -> None:
 
 
 @weights.command("where")
-def weights_where() -> None:
-    """Print where the torchvision VGG19 file is (or would be) cached."""
+@_spec_argument
+def weights_where(spec: str) -> None:
+    """Print the file SPEC loads (default: caffe, the bundled weights; torchvision: its cache path)."""
     from .engine import weights as w
 
-    click.echo(str(w.cache_path()))
+    path = w.spec_path(spec)
+    if path is None:
+        raise click.UsageError(f"{spec!r}: random weights are generated on load and have no file")
+    click.echo(str(path))
 
 
 # --- the daemon ----------------------------------------------------------------------
@@ -216,18 +348,23 @@ def _ledger(config: Config):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--recent", default=10, show_default=True, help="How many recent jobs to list.")
 def status(config_path: Path, as_json: bool, recent: int) -> None:
-    """Job counts per state, running processes, recent jobs and failures with reasons."""
+    """Whether a daemon runs, job counts, processes and their jobs, entries not taken, recent jobs, failures.
+
+    --json prints one object; "running" is false when no daemon or worker is
+    alive. File names are escaped, never printed raw.
+    """
     from .service.status import render, snapshot
 
     config = load_config(config_path)
     with _ledger(config) as ledger:
         snap = snapshot(config.state_dir, ledger, recent=recent)
     if as_json:
-        click.echo(json.dumps(snap, indent=2))
+        # ASCII with \u escapes is valid in any locale; snapshot() already made all text valid Unicode.
+        click.echo(json.dumps(snap, indent=2, ensure_ascii=True, allow_nan=False))
     else:
         from rich.console import Console
 
-        Console().print(render(snap))
+        Console(highlight=False).print(render(snap))
 
 
 @main.command()

@@ -19,13 +19,29 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .errors import ConfigError
 
-_LAYER_PREFIXES = ("conv", "relu", "pool")
 _VALID_LAYERS = {
     f"{kind}{block}_{i}"
     for block, convs in enumerate((2, 2, 4, 4, 4), start=1)
     for i in range(1, convs + 1)
     for kind in ("conv", "relu")
 } | {f"pool{b}" for b in range(1, 6)}
+
+
+def min_edge(layers: list[str] | tuple[str, ...]) -> int:
+    """Shortest image edge, in pixels, for which VGG19 still has a pixel left at every layer listed.
+
+    Each max/avg pooling before a layer halves the image: relu1_x needs 1 px,
+    relu2_x 2, relu3_x 4, relu4_x 8, relu5_x (and pool4) 16, pool5 32.
+    """
+    def pools_before(name: str) -> int:  # pool3 is the third pooling; relu3_1 comes after two
+        return int(name[4]) if name.startswith("pool") else int(name[4]) - 1
+
+    return 2 ** max(pools_before(name) for name in layers)
+
+
+def deepest(layers: list[str] | tuple[str, ...]) -> str:
+    """The layer of `layers` that needs the largest image (see `min_edge`)."""
+    return max(layers, key=lambda name: min_edge([name]))
 
 
 class _Strict(BaseModel):
@@ -54,33 +70,41 @@ class Pyramid(_Strict):
     cost: a half-size step costs a quarter) and the final scale all of them.
     """
 
-    min_size: int = Field(64, ge=16)
-    factor: float = Field(2.0, gt=1.0)
-    iterations: list[Annotated[int, Field(ge=0)]] | None = None
+    min_size: int = Field(64, ge=16, description="long edge of the first, coarsest scale, in pixels")
+    factor: float = Field(2.0, gt=1.0, description="step between scales")
+    iterations: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="iterations per scale, coarse to fine, the last repeating (default: a tenth of "
+        "iterations on each coarser scale, all of them at full size)")
 
 
 class EarlyStop(_Strict):
-    """Stop a scale when the loss stops falling.
+    """End a scale once the picture stops changing visibly.
 
-    Every `every` iterations the mean loss of the last window is compared
-    with the window before; an improvement below `min_improvement` (relative)
-    ends the scale. Checked only at window ends, so the GPU is never made to
-    wait for the host in between.
+    Every `every` iterations the image is compared with the image `every`
+    iterations earlier; when its pixels moved by less than `min_change` on
+    average (mean absolute change per pixel and channel, in 8-bit levels,
+    0-255), the scale ends. Departure from the paper, which runs a fixed
+    number of iterations: measured on the bundled weights, L-BFGS keeps
+    lowering the loss by ~1 % per 50 iterations long after the picture has
+    settled, redistributing brush strokes nobody can tell apart (see
+    benchmarks/RESULTS.md). The image is read only at window ends, so the GPU
+    never waits for the host in between. In a batch, the photo that changed
+    most decides.
     """
 
-    every: int = Field(50, ge=2)
-    min_improvement: float = Field(0.001, ge=0)
+    every: int = Field(25, ge=2, description="window, in iterations")
+    min_change: float = Field(4.0, ge=0, description="mean |change| per pixel over a window, in 8-bit levels")
 
 
 class OutputSettings(_Strict):
     """How finished images are written (see nst_watch.photo)."""
 
-    format: Literal["jpeg", "png", "webp", "tiff"] = "jpeg"
-    quality: int = Field(95, ge=1, le=100)
-    bit_depth: Literal[8, 16] = 8
-    icc: Literal["srgb", "keep"] = "srgb"
-    strip_gps: bool = False
-    sidecar: bool = False
+    format: Literal["jpeg", "png", "webp", "tiff"] = Field("jpeg", description="output file format")
+    quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
+    bit_depth: Literal[8, 16] = Field(8, description="bits per channel; 16 needs format tiff")
+    icc: Literal["srgb", "keep"] = Field("srgb", description="srgb, or keep: convert back to the photo's own profile")
+    strip_gps: bool = Field(False, description="leave the GPS position out of the output's metadata")
+    sidecar: bool = Field(False, description="write <output>.json with parameters, hashes and timings")
 
     @model_validator(mode="after")
     def _sixteen_bit_is_tiff(self) -> "OutputSettings":
@@ -96,24 +120,30 @@ class Preset(_Strict):
     styles: list[Annotated[StyleImage, BeforeValidator(_style_from_string)]] = Field(min_length=1)
     style_scale: float = Field(1.0, gt=0, description="style image long edge relative to the output's")
     size: int = Field(512, ge=16, description="output long edge in pixels")
-    iterations: int = Field(500, ge=0)
+    iterations: int = Field(500, ge=0, description="most iterations at full size (early_stop usually ends sooner)")
     pyramid: Pyramid | None = Pyramid()
     early_stop: EarlyStop | None = EarlyStop()
-    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    optimizer: Literal["lbfgs", "adam"] = Field("lbfgs", description="lbfgs (as the paper) or adam")
     learning_rate: float = Field(0.02, gt=0, description="Adam step on [0,1] pixels")
     average: float = Field(0.99, ge=0, lt=1, description="decay of the Adam iterate's moving average; 0 = off")
-    history_size: int = Field(50, ge=1, description="L-BFGS history")
-    content_weight: float = Field(1.0, ge=0)
-    style_weight: float = Field(10.0, ge=0)
-    tv_weight: float = Field(0.0, ge=0)
-    content_layers: list[str] = Field(default_factory=lambda: ["relu4_2"], min_length=1)
-    style_layers: list[str] = Field(
-        default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"], min_length=1
+    history_size: int = Field(50, ge=1, description="L-BFGS memory, in steps")
+    content_weight: float = Field(1.0, ge=0, description="weight of the photo's content (paper: alpha)")
+    style_weight: float = Field(
+        5.0, ge=0, description="the strength knob: 1 subtle, 3 moderate, 5 balanced, 10 strong, 30 the photo dissolves"
     )
-    style_layer_weights: list[Annotated[float, Field(ge=0)]] | None = None
-    color: Literal["none", "luminance", "histogram"] = "none"
-    init: Literal["content", "noise", "gray"] = "content"
-    seed: int = 0
+    tv_weight: float = Field(5.0, ge=0, description="smooths pixel-level colour speckle; 0 = off")
+    content_layers: list[str] = Field(default_factory=lambda: ["relu4_2"], min_length=1,
+                                      description="VGG19 layers matched to the photo")
+    style_layers: list[str] = Field(
+        default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"], min_length=1,
+        description="VGG19 layers whose Gram matrices are matched to the style",
+    )
+    style_layer_weights: list[Annotated[float, Field(ge=0)]] | None = Field(
+        None, description="one weight per style layer (default: equal)")
+    color: Literal["none", "luminance", "histogram"] = Field(
+        "none", description="luminance: keep the photo's colours; histogram: recolour the style to the photo's")
+    init: Literal["content", "noise", "gray"] = Field("content", description="image the optimisation starts from")
+    seed: int = Field(0, description="random seed for init noise")
     output: OutputSettings = OutputSettings()
 
     @field_validator("content_layers", "style_layers")
@@ -147,8 +177,9 @@ class EngineSettings(_Strict):
 
     device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
     weights: str = Field(
-        "torchvision",
-        description="torchvision | caffe:PATH | PATH to a .pth with torchvision key names | random[:SEED] (tests only)",
+        "caffe",
+        description="caffe (bundled original VGG19) | torchvision | caffe:PATH | PATH to a .pth with torchvision "
+        "key names | random[:SEED] (tests only)",
     )
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     pooling: Literal["max", "avg"] = "max"
@@ -271,7 +302,13 @@ class Config(_Strict):
 
 
 def load_config(path: str | Path) -> Config:
-    """Read, validate and resolve a YAML config; every failure is a ConfigError."""
+    """Read, validate and resolve a YAML config; every failure is a ConfigError.
+
+    Every problem in the file is reported at once, each with its key path and
+    line: pydantic's field errors, and for each preset that is valid on its
+    own its style images (missing, unreadable, too small for the style
+    layers) and size; folder layout comes last, once the whole file is valid.
+    """
     path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
@@ -285,8 +322,51 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of settings, not {type(data).__name__}")
-    config = validate(Config, data, source=str(path), text=text)
-    return resolve_paths(config, path.parent, source=str(path), text=text)
+    problems: list[str] = []
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems += [_describe(err, Config, text) for err in exc.errors()]
+        _check_raw_parts(data, path.parent, text, problems)
+        config = None
+    else:
+        config = resolve_paths(config, path.parent, source=str(path), text=text, problems=problems)
+    _raise_if(problems, str(path))
+    return config
+
+
+def _raise_if(problems: list[str], source: str) -> None:
+    if problems:
+        many = f" ({len(problems)} problems)" if len(problems) > 1 else ""
+        raise ConfigError(f"{source}: invalid config{many}:\n" + "\n".join(f"  - {line}" for line in problems))
+
+
+def _check_raw_parts(data: dict, base: Path, text: str, problems: list[str]) -> None:
+    """When the file as a whole is invalid, still check what is valid on its own.
+
+    Pydantic's cross-field checks run only on a valid model, so without this
+    a typo in one preset would hide a missing style image in another or a
+    watch that names no preset.
+    """
+    presets = data.get("presets") if isinstance(data.get("presets"), dict) else {}
+    for name, body in presets.items():
+        try:
+            preset = Preset.model_validate({"name": name, **body})
+        except (ValidationError, TypeError):
+            continue  # already reported
+        resolve_preset(preset, base, source="", key=f"presets.{name}", text=text, problems=problems)
+    watches = data.get("watches") if isinstance(data.get("watches"), list) else []
+    for i, body in enumerate(watches):
+        try:
+            watch = Watch.model_validate(body)
+        except (ValidationError, TypeError):
+            continue
+        for name in watch.presets or []:
+            if name not in presets:
+                known = ", ".join(sorted(map(str, presets))) or "none defined"
+                problems.append(f"watches.{i}.presets{_at(text, f'watches.{i}.presets')}: unknown preset "
+                                f"{name!r} (presets: {known})")
+        _resolve_watch(watch, i, base, text=text, problems=problems)
 
 
 def validate(model: type[BaseModel], data: Any, *, source: str, text: str | None = None):
@@ -294,8 +374,7 @@ def validate(model: type[BaseModel], data: Any, *, source: str, text: str | None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(err, model, text) for err in exc.errors()]
-        raise ConfigError(f"{source}: invalid config:\n" + "\n".join(f"  - {line}" for line in lines)) from None
+        _raise_if([_describe(err, model, text) for err in exc.errors()], source)
 
 
 def _describe(err: dict, model: type[BaseModel], text: str | None) -> str:
@@ -372,11 +451,26 @@ def _child(node: yaml.Node, part: Any) -> yaml.Node | None:
     return None
 
 
-def resolve_paths(config: Config, base: Path, *, source: str, text: str | None = None) -> Config:
-    """Make paths absolute (relative to the config file), check style images and folder layout."""
-    presets = {name: resolve_preset(p, base, source=source, key=f"presets.{name}", text=text)
+def _at(text: str | None, key: str) -> str:
+    """' (line N)' for a dotted key path, where the YAML text has it."""
+    loc = tuple(int(part) if part.isdigit() else part for part in key.split("."))
+    where = _line_of(text, loc) if text else None
+    return f" (line {where})" if where else ""
+
+
+def resolve_paths(config: Config, base: Path, *, source: str, text: str | None = None,
+                  problems: list[str] | None = None) -> Config:
+    """Make paths absolute (relative to the config file), check style images and folder layout.
+
+    Problems are appended to `problems` when given; otherwise the first
+    batch of them is raised as one ConfigError.
+    """
+    found: list[str] = [] if problems is None else problems
+    presets = {name: resolve_preset(p, base, source=source, key=f"presets.{name}", text=text, problems=found)
                for name, p in config.presets.items()}
-    watches = [_resolve_watch(w, i, base, source=source, text=text) for i, w in enumerate(config.watches)]
+    watches = [_resolve_watch(w, i, base, text=text, problems=found) for i, w in enumerate(config.watches)]
+    if problems is None:
+        _raise_if(found, source)
     return config.model_copy(update={
         "presets": presets, "watches": watches, "state_dir": _absolute(config.state_dir, base),
     })
@@ -387,7 +481,7 @@ def _absolute(path: Path, base: Path) -> Path:
     return (path if path.is_absolute() else base / path).resolve()
 
 
-def _resolve_watch(watch: Watch, index: int, base: Path, *, source: str, text: str | None) -> Watch:
+def _resolve_watch(watch: Watch, index: int, base: Path, *, text: str | None, problems: list[str]) -> Watch:
     folders = {"input": _absolute(watch.input, base), "output": _absolute(watch.output, base)}
     if watch.failed is not None:
         folders["failed"] = _absolute(watch.failed, base)
@@ -399,42 +493,122 @@ def _resolve_watch(watch: Watch, index: int, base: Path, *, source: str, text: s
     inbox = folders["input"]
     for key, folder in folders.items():
         if key != "input" and (folder == inbox or folder.is_relative_to(inbox)):
-            where = _line_of(text, ("watches", index, key)) if text else None
-            at = f" (line {where})" if where else ""
-            raise ConfigError(
-                f"{source}: watches.{index}.{key}{at}: {folder} is inside the watched folder {inbox}; "
-                "nst-watch would process its own files forever. Put it beside the input folder instead"
+            problems.append(
+                f"watches.{index}.{key}{_at(text, f'watches.{index}.{key}')}: {folder} is inside the watched "
+                f"folder {inbox}; nst-watch would process its own files forever. Put it beside the input folder"
             )
     return watch.model_copy(update={**folders, "processed": processed})
 
 
-def resolve_preset(preset: Preset, base: Path, *, source: str, key: str, text: str | None = None) -> Preset:
+def resolve_preset(preset: Preset, base: Path, *, source: str, key: str, text: str | None = None,
+                   problems: list[str] | None = None) -> Preset:
+    """Style image paths made absolute (relative ones are read from `base`) and checked.
+
+    Checks that each style image exists, is an image nst-watch reads, and is
+    large enough for the deepest style layer once scaled to the preset's size
+    (`style_size_problem`), and that `size` suits the layers at all. Problems
+    go to `problems` when given, else they are raised as one ConfigError.
+    """
+    found: list[str] = [] if problems is None else problems
     styles = []
     for i, style in enumerate(preset.styles):
         path = style.path.expanduser()
-        path = path if path.is_absolute() else (base / path)
+        path = (path if path.is_absolute() else (base / path)).resolve()
+        where = key if key.startswith("--") else f"{key}.styles.{i}.path{_at(text, f'{key}.styles.{i}')}"
+        styles.append(style.model_copy(update={"path": path}))
         if not path.is_file():
-            where = _line_of(text, tuple(key.split(".")) + ("styles", i)) if text else None
-            at = f" (line {where})" if where else ""
-            raise ConfigError(
-                f"{source}: {key}.styles.{i}.path{at}: style image {path} does not exist "
-                "(fix the path; relative paths are read from the config file's folder)"
-            )
-        styles.append(style.model_copy(update={"path": path.resolve()}))
+            found.append(f"{where}: style image {path} does not exist (fix the path; relative paths are read from "
+                         + ("the config file's folder)" if text else "the current folder)"))
+            continue
+        try:
+            size = style_image_size(path)
+        except ValueError as exc:
+            found.append(f"{where}: {exc}")
+            continue
+        problem = style_size_problem(preset, size)
+        if problem:
+            found.append(f"{where}: style image {path} {problem}")
+    need = min_edge([*preset.content_layers, *preset.style_layers])
+    if preset.size < need:
+        layer = deepest([*preset.content_layers, *preset.style_layers])
+        found.append(f"{'--size' if key.startswith('--') else key + '.size'}{_at(text, f'{key}.size')}: {preset.size} px is smaller than the {need} px that "
+                     f"layer {layer} needs, so no photo could be stylised; raise size to {need} or more")
+    if problems is None:
+        _raise_if(found, source)
     return preset.model_copy(update={"styles": styles})
 
 
+def style_image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a style image as the engine will see it (EXIF orientation applied).
+
+    Reads the header only. ValueError naming the file when it is not an
+    image nst-watch reads.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from .photo.decode import DEFAULT_FORMATS
+
+    try:
+        with Image.open(path) as image:
+            if image.format not in DEFAULT_FORMATS:
+                raise ValueError(f"style image {path} is {image.format}, which nst-watch does not read; "
+                                 "convert it to JPEG, PNG, TIFF or WebP")
+            width, height = image.size
+            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+                width, height = height, width
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"style image {path} cannot be read as an image ({exc}); replace it") from None
+    return width, height
+
+
+def style_size_problem(preset: Preset, size: tuple[int, int]) -> str | None:
+    """Why a style image of `size` (width, height) cannot serve `preset`, or None.
+
+    The engine scales each style image to a long edge of size x style_scale;
+    its short edge must then still reach `min_edge(style_layers)`. Coarser
+    pyramid scales are taken care of by the engine (it enlarges the style
+    there), so only the full size matters.
+    """
+    width, height = size
+    long_edge = max(1, round(preset.size * preset.style_scale))
+    scaled = [max(1, round(e * long_edge / max(width, height))) for e in (width, height)]
+    need = min_edge(preset.style_layers)
+    if min(scaled) >= need:
+        return None
+    scale = need * max(width, height) / (min(width, height) * preset.size)
+    crop = "crop the style image to a less elongated shape"
+    if scale > 8:
+        fix = crop
+    else:
+        fix = f"raise style_scale to {scale:.2g} or more" + (f", or {crop}" if max(size) > 3 * min(size) else "")
+    return (f"is {width}x{height}: scaled to size {preset.size} x style_scale {preset.style_scale:g} it becomes "
+            f"{scaled[0]}x{scaled[1]}, too small for layer {deepest(preset.style_layers)}, which needs {need} px "
+            f"on the short edge. Fix: {fix}")
+
+
 def preset_from_styles(styles: list[str], **settings: Any) -> Preset:
-    """An ad-hoc preset for `nst-watch stylize --style IMG ...`."""
+    """An ad-hoc preset for `nst-watch stylize --style IMG ...`; ConfigError names --style."""
     preset = validate(Preset, {"name": "custom", "styles": styles, **settings}, source="command line")
     return resolve_preset(preset, Path.cwd(), source="command line", key="--style")
 
 
 def with_overrides(preset: Preset, **overrides: Any) -> Preset:
-    """The preset with CLI/API overrides applied (None means 'not given'), re-validated."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if not given:
+    """The preset with CLI/API overrides applied, re-validated.
+
+    Nested settings merge key by key (``pyramid={"factor": 1.5}`` keeps the
+    preset's min_size); None turns a nullable one off (``early_stop=None``).
+    """
+    if not overrides:
         return preset
-    data = preset.model_dump()
-    data.update(given)
-    return validate(Preset, data, source="command line")
+    return validate(Preset, _merge(preset.model_dump(), overrides), source="command line")
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied; nested settings (pyramid, early_stop, output) merge key by key."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

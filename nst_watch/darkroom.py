@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from . import __version__, photo as photo_io
-from .config import EngineSettings, Preset
-from .engine import Engine, StylizeResult
-from .errors import NstWatchError, PhotoError
+from .config import EngineSettings, Preset, deepest, min_edge, style_size_problem
+from .engine import Engine, StylizeResult, fit_long_edge
+from .engine.engine import fit_size
+from .errors import EngineError, PhotoError, PresetError
 from .progress import ProgressDisplay
 
 log = logging.getLogger("nst_watch.darkroom")
@@ -57,41 +58,91 @@ def to_pixels(image: torch.Tensor) -> np.ndarray:
 
 
 class Darkroom:
-    """A resident engine plus the photo I/O around it."""
+    """A resident engine plus the photo I/O around it.
+
+    The engine (VGG19 on its device) is loaded on first use, so photos and
+    style images are checked before the seconds a load costs.
+    """
 
     def __init__(self, settings: EngineSettings, *, max_pixels: int = 100_000_000, engine: Engine | None = None):
         self.settings = settings
         self.max_pixels = max_pixels
-        self.engine = engine or Engine.from_settings(settings)
+        self._engine = engine
         self._styles: dict[tuple, torch.Tensor] = {}
 
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine.from_settings(self.settings)
+        return self._engine
+
     def style_images(self, preset: Preset) -> list[torch.Tensor]:
-        """The preset's style images as tensors, cached by path, size and mtime."""
+        """The preset's style images as tensors, cached by path, size and mtime.
+
+        PresetError (naming the preset and the file) when one is missing,
+        unreadable, or too small for the style layers at the preset's size.
+        """
         images = []
-        for style in preset.styles:
+        for i, style in enumerate(preset.styles):
             stat = style.path.stat() if style.path.exists() else None
             key = (str(style.path), stat.st_mtime_ns if stat else None, stat.st_size if stat else None)
             if key not in self._styles:
                 try:
                     loaded = photo_io.load_photo(style.path, max_pixels=self.max_pixels)
                 except PhotoError as exc:
-                    raise NstWatchError(f"preset {preset.name!r}: style image {exc}") from None
+                    raise PresetError(f"preset {preset.name!r}: style image {exc}") from None
                 self._styles[key] = to_tensor(loaded.pixels)
-            images.append(self._styles[key])
+            image = self._styles[key]
+            problem = style_size_problem(preset, (image.shape[-1], image.shape[-2]))
+            if problem:
+                raise PresetError(f"preset {preset.name!r}: style image {style.path} {problem}")
+            images.append(image)
         return images
 
-    def stylize_photos(self, photos: list[photo_io.Photo], preset: Preset, progress=None) -> list[StylizeResult]:
+    def check_fits(self, photo: photo_io.Photo, preset: Preset) -> None:
+        """PhotoError (permanent) when `photo` is too thin for the preset's layers at its size."""
+        layers = [*preset.content_layers, *preset.style_layers]
+        need = min_edge(layers)
+        out_h, out_w = fit_long_edge(photo.height, photo.width, preset.size)
+        if min(out_h, out_w) < need:
+            raise PhotoError(
+                photo.path, f"{photo.width}x{photo.height} is {out_w}x{out_h} at size {preset.size}, too small for "
+                f"layer {deepest(layers)}, which needs {need} px on the short edge",
+                f"{fit_size(photo.height, photo.width, need)}",
+            )
+
+    def stylize_photos(self, photos: list[photo_io.Photo], preset: Preset,
+                       progress=None) -> list[StylizeResult | EngineError]:
+        """One result per photo, in order; a photo the engine could not stylise gets its EngineError.
+
+        A batch that fails is run again one photo at a time, so one bad
+        photo (say, a loss that turns non-finite) costs the others nothing.
+        """
         styles = self.style_images(preset)
-        return self.engine.stylize([to_tensor(p.pixels) for p in photos], preset, styles, progress=progress)
+        tensors = [to_tensor(p.pixels) for p in photos]
+        try:
+            return list(self.engine.stylize(tensors, preset, styles, progress=progress))
+        except EngineError as exc:
+            if len(photos) == 1:
+                return [exc]
+            log.warning("a batch of %d photos failed (%s); running them one at a time", len(photos), exc)
+        results: list[StylizeResult | EngineError] = []
+        for tensor in tensors:
+            try:
+                results += self.engine.stylize([tensor], preset, styles, progress=progress)
+            except EngineError as exc:
+                results.append(exc)
+        return results
 
     def save(self, source: photo_io.Photo, result: StylizeResult, preset: Preset, *, dest: Path,
-             collision: str = "suffix") -> photo_io.SaveResult | None:
+             collision: str = "suffix", temp: str | None = None) -> photo_io.SaveResult | None:
         out = preset.output
         fmt = FORMAT_OF_SUFFIX.get(dest.suffix.lower(), out.format)
         sidecar = self.sidecar(source, result, preset) if out.sidecar else None
         return photo_io.save_photo(
             to_pixels(result.image), dest, source=source, format=fmt, quality=out.quality,
             bit_depth=out.bit_depth, icc=out.icc, strip_gps=out.strip_gps, collision=collision, sidecar=sidecar,
+            temp=temp,
         )
 
     def sidecar(self, source: photo_io.Photo, result: StylizeResult, preset: Preset) -> dict[str, Any]:
@@ -120,12 +171,18 @@ class Darkroom:
 
     def stylize_files(self, contents: list[Path], preset: Preset, *, output: Path | None, out_dir: Path,
                       template: str, collision: str = "suffix", batch: int = 4) -> list[FileResult]:
-        """Stylise files; a bad photo is reported and skipped, the rest go on."""
+        """Stylise files; a bad photo is reported and skipped, the rest go on.
+
+        Every photo is read and checked, and the style images too
+        (PresetError), before the engine is loaded.
+        """
         results: dict[Path, FileResult] = {}
         loaded: list[photo_io.Photo] = []
         for path in contents:
             try:
-                loaded.append(photo_io.load_photo(path, max_pixels=self.max_pixels))
+                photo = photo_io.load_photo(path, max_pixels=self.max_pixels)
+                self.check_fits(photo, preset)
+                loaded.append(photo)
             except PhotoError as exc:
                 log.error("%s", exc)
                 results[path] = FileResult(path, error=str(exc))
@@ -137,7 +194,11 @@ class Darkroom:
             with ProgressDisplay(f"{label} [{preset.name}]") as display:
                 stylized = self.stylize_photos(group, preset, progress=display)
             for source, result in zip(group, stylized):
-                results[source.path] = self._write(source, result, preset, output, out_dir, template, collision)
+                if isinstance(result, EngineError):
+                    log.error("%s: %s", source.path, result)
+                    results[source.path] = FileResult(source.path, error=f"{source.path}: {result}")
+                else:
+                    results[source.path] = self._write(source, result, preset, output, out_dir, template, collision)
             log.info("stylised %s in %.1fs", label, time.perf_counter() - t0)
         return [results[p] for p in contents]
 

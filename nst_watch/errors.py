@@ -47,3 +47,11 @@ class PhotoError(NstWatchError):
 
 class EngineError(NstWatchError):
     """The optimisation failed (for example the loss became non-finite)."""
+
+
+class PresetError(ConfigError):
+    """A preset cannot be used as it stands (for example a style image is missing or too small).
+
+    The preset is at fault, not the photos: the daemon keeps their jobs
+    waiting, photos in place, until the preset is fixed.
+    """

@@ -119,6 +119,35 @@ class AddResult:
 
 
 _JOB_COLUMNS = ", ".join(field.name for field in dataclasses.fields(Job))
+_PATH_COLUMNS = ("source_path", "output_dir", "output_path")
+
+
+def _path_in(path: str | os.PathLike | None) -> str | bytes | None:
+    """A path as stored: text, or its raw bytes when the name is not valid UTF-8.
+
+    POSIX names are bytes; os.fsdecode turns undecodable ones into lone
+    surrogates, which SQLite's UTF-8 text cannot hold. Storing those as a
+    BLOB keeps every path exact (the column's TEXT affinity leaves blobs alone).
+    """
+    if path is None:
+        return None
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
+def _path_out(value: str | bytes | None) -> str | None:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _text_in(message: str | None) -> str | None:
+    """Free text (errors, event messages) as valid UTF-8: undecodable bytes of file names escaped."""
+    if message is None:
+        return None
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # --- schema ---------------------------------------------------------------------------
@@ -319,14 +348,20 @@ class Ledger:
     @staticmethod
     def _select(conn: sqlite3.Connection, where: str, params: Iterable = (), tail: str = "") -> list[Job]:
         rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} {tail}", tuple(params))
-        return [Job(**dict(row)) for row in rows]
+        jobs = []
+        for row in rows:
+            data = dict(row)
+            for column in _PATH_COLUMNS:
+                data[column] = _path_out(data[column])
+            jobs.append(Job(**data))
+        return jobs
 
     @staticmethod
     def _event(conn: sqlite3.Connection, job: Job | int, at: float, state: str, attempt: int, message=None):
         job_id = job if isinstance(job, int) else job.id
         conn.execute(
             "INSERT INTO events (job_id, at, state, attempt, message) VALUES (?, ?, ?, ?, ?)",
-            (job_id, at, state, attempt, message),
+            (job_id, at, state, attempt, _text_in(message)),
         )
 
     @staticmethod
@@ -364,7 +399,7 @@ class Ledger:
                                      state, max_attempts, available_at, created_at, updated_at, priority)
                    VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)
                    ON CONFLICT (sha256, preset, preset_hash) DO NOTHING""",
-                (*key, os.fspath(source_path), watch, None if output_dir is None else os.fspath(output_dir),
+                (*key, _path_in(source_path), watch, _path_in(output_dir),
                  bucket, self.max_attempts, now, now, now, int(priority)),
             )
             created = cursor.rowcount == 1
@@ -452,7 +487,7 @@ class Ledger:
                 """UPDATE jobs SET state = 'done', output_path = ?, error = NULL, lease_owner = NULL,
                                    lease_expires = NULL, finished_at = ?, updated_at = ?
                    WHERE id = ? AND state = 'leased' AND lease_owner = ?""",
-                (None if output_path is None else os.fspath(output_path), now, now, job_id, owner),
+                (_path_in(output_path), now, now, job_id, owner),
             )
             if cursor.rowcount != 1:
                 return False
@@ -511,14 +546,19 @@ class Ledger:
                 """UPDATE jobs SET state = ?, error = ?, available_at = ?, finished_at = ?, updated_at = ?,
                                    lease_owner = NULL, lease_expires = NULL
                    WHERE id = ?""",
-                (state, error, available_at, finished_at, now, job_id),
+                (state, _text_in(error), available_at, finished_at, now, job_id),
             )
             kind = "permanent" if permanent else "transient"
             self._event(conn, job, now, state, job.attempts, f"{kind} error: {error}")
         return state
 
-    def release(self, owner: str, job_ids: Iterable[int]) -> int:
-        """Give leases back on graceful shutdown: pending at once, the attempt not counted."""
+    def release(self, owner: str, job_ids: Iterable[int], *, reason: str | None = None, delay: float = 0.0) -> int:
+        """Give leases back, the attempt not counted: pending again after `delay` seconds.
+
+        For a graceful shutdown (no reason), and for jobs that cannot run for a
+        reason that is not theirs (`reason`, e.g. their preset's style image is
+        broken): they wait, with the reason as their error, until it is fixed.
+        """
         ids = list(job_ids)
         if not ids:
             return 0
@@ -528,12 +568,14 @@ class Ledger:
             jobs = self._select(conn, where, (owner, *ids))
             conn.execute(
                 f"""UPDATE jobs SET state = 'pending', attempts = MAX(attempts - 1, 0), available_at = ?,
-                                    lease_owner = NULL, lease_expires = NULL, updated_at = ?
+                                    error = COALESCE(?, error), lease_owner = NULL, lease_expires = NULL,
+                                    updated_at = ?
                     WHERE {where}""",
-                (now, now, owner, *ids),
+                (now + delay, _text_in(reason), now, owner, *ids),
             )
             for job in jobs:
-                self._event(conn, job, now, PENDING, job.attempts - 1, f"released by {owner} (shutdown)")
+                self._event(conn, job, now, PENDING, job.attempts - 1,
+                            f"released by {owner}: {reason}" if reason else f"released by {owner} (shutdown)")
         return len(jobs)
 
     def reap(self) -> int:
@@ -580,7 +622,7 @@ class Ledger:
                 """UPDATE jobs SET state = ?, error = ?, available_at = ?, finished_at = ?, updated_at = ?,
                                    lost_leases = ?, lease_owner = NULL, lease_expires = NULL
                    WHERE id = ?""",
-                (state, error, available_at, finished_at, now, lost, job.id),
+                (state, _text_in(error), available_at, finished_at, now, lost, job.id),
             )
             self._event(conn, job, now, state, job.attempts, error)
         return len(expired)
@@ -627,7 +669,7 @@ class Ledger:
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE jobs SET output_path = ?, updated_at = ? WHERE id = ? AND state = 'leased' AND lease_owner = ?",
-                (None if output_path is None else os.fspath(output_path), self._clock(), int(job_id), owner),
+                (_path_in(output_path), self._clock(), int(job_id), owner),
             )
             return cursor.rowcount == 1
 
@@ -635,7 +677,7 @@ class Ledger:
         """Record that a job's photo now lives at `source_path` (moved back, or dropped again)."""
         with self._write() as conn:
             conn.execute("UPDATE jobs SET source_path = ?, updated_at = ? WHERE id = ?",
-                         (os.fspath(source_path), self._clock(), int(job_id)))
+                         (_path_in(source_path), self._clock(), int(job_id)))
 
     # --- reading ----------------------------------------------------------------------
     # Single SELECTs outside an explicit transaction: each sees one consistent
@@ -676,7 +718,7 @@ class Ledger:
     def pending_for_source(self, source_path: str | os.PathLike) -> list[Job]:
         """Jobs for this source file still to run (pending or leased)."""
         return self._select(
-            self._conn(), "source_path = ? AND state IN ('pending', 'leased')", (os.fspath(source_path),), "ORDER BY id"
+            self._conn(), "source_path = ? AND state IN ('pending', 'leased')", (_path_in(source_path),), "ORDER BY id"
         )
 
     def all_done_for(self, sha256: str) -> bool:

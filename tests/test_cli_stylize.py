@@ -125,12 +125,12 @@ def test_a_corrupt_photo_is_reported_and_the_others_still_processed(tmp_path, im
     assert broken.read_bytes() == b"not a jpeg at all"  # never touched
 
 
-def test_weights_where_and_verify(tmp_path):
+def test_weights_where_and_verify_torchvision(tmp_path):
     env = {"TORCH_HOME": str(tmp_path)}
-    where = nst("weights", "where", env=env)
+    where = nst("weights", "where", "torchvision", env=env)
     assert where.returncode == 0 and where.stdout.strip().endswith("vgg19-dcbb9e9d.pth")
     assert where.stdout.strip().startswith(str(tmp_path))
-    verify = nst("weights", "verify", "--json", env=env)
+    verify = nst("weights", "verify", "torchvision", "--json", env=env)
     assert verify.returncode == 1 and json.loads(verify.stdout)["ok"] is False
 
 

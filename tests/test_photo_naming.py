@@ -23,7 +23,7 @@ from nst_watch.photo import (
     save_photo,
     validate_template,
 )
-from nst_watch.photo.naming import MAX_NAME_BYTES, numbered_name
+from nst_watch.photo.naming import MAX_NAME_BYTES, derived_name, escape_name, numbered_name
 
 TOKENS = {"stem": "IMG_0001", "ext": "jpg", "preset": "ink", "date": "2024-05-06", "time": "070809",
           "hash8": "0123abcd", "width": "640", "height": "480"}
@@ -73,7 +73,7 @@ def test_render_requires_every_token():
 
 
 EVIL = ["../../etc/passwd", "a/b/c", "/abs", "x\x00y", "line\nbreak\r", "é" * 400, "..", ".hidden",
-        "con", "tab\there", "a\\b", "{stem}"]
+        "con", "tab\there", "a\\b", "{stem}", os.fsdecode(b"caf\xe9-\xff\xfe")]  # last: bytes that are not UTF-8
 
 
 @pytest.mark.parametrize("value", EVIL)
@@ -264,3 +264,49 @@ def test_clean_temp_files(tmp_path):
     assert fresh.exists() and keep.exists() and (tmp_path / f"{TEMP_PREFIX}link").is_symlink()
     assert clean_temp_files(tmp_path) == [fresh]
     assert clean_temp_files(tmp_path / "missing") == []
+
+
+# --- hostile source names (issue 11, item 4) ---------------------------------------
+
+# Names Linux allows: bytes that are not UTF-8, newlines and control characters,
+# and names near the 255-byte limit (253 bytes here, non-UTF-8 bytes included).
+HOSTILE = [b"caf\xe9 latin-1.jpg", b"line\nbreak\x01\x7f.jpg", b"\xff\xfe" + "é".encode() * 123 + b"x.jpg"]
+
+
+@pytest.mark.parametrize("raw", HOSTILE, ids=["latin1", "controls", "253-bytes"])
+def test_sidecar_is_valid_utf8_json_whatever_the_name(tmp_path, raw):
+    dest = tmp_path / os.fsdecode(raw)
+    source = tmp_path / os.fsdecode(b"in-" + raw)
+    result = save_photo(flat(0.5), dest, sidecar={"content": source, "names": [str(source)]})
+    assert os.fsencode(result.path.name) == raw  # the output keeps the name it was given
+    side = os.fsencode(result.sidecar.name)
+    assert side.endswith(b".jpg.json") and len(side) <= MAX_NAME_BYTES
+    data = json.loads(result.sidecar.read_bytes().decode("utf-8"))  # strict UTF-8, valid JSON
+    assert data["output"]["file"] == escape_name(dest.name, controls=False)
+    assert data["content"] == data["names"][0] == escape_name(str(source), controls=False)
+    if b"\n" in raw:  # valid UTF-8 comes back exactly: JSON escapes control characters itself
+        assert data["output"]["file"] == dest.name
+    else:
+        assert "\\xff" in data["output"]["file"] or "\\xe9" in data["output"]["file"]
+
+
+def test_long_names_that_differ_in_their_tails_get_their_own_sidecars(tmp_path):
+    dest = tmp_path / os.fsdecode(HOSTILE[2])
+    first = save_photo(flat(0.5), dest, sidecar={})
+    second = save_photo(flat(0.6), dest, sidecar={})  # "... (1).jpg": the tail is what differs
+    assert first.path != second.path and first.sidecar != second.sidecar
+    assert json.loads(first.sidecar.read_text())["output"]["file"] == escape_name(first.path.name, controls=False)
+    assert json.loads(second.sidecar.read_text())["output"]["file"] == escape_name(second.path.name, controls=False)
+
+
+def test_derived_and_numbered_names_of_long_undecodable_names_fit(tmp_path):
+    name = os.fsdecode(HOSTILE[2])
+    twin = numbered_name(name, 1)  # differs from `name` only in the tail
+    for made in (numbered_name(name, 12), derived_name(name, ".error.txt"), derived_name(twin, ".error.txt")):
+        raw = os.fsencode(made)
+        assert len(raw) <= MAX_NAME_BYTES and raw.startswith(b"\xff\xfe\xc3\xa9")  # bytes kept, cut whole
+        (tmp_path / made).write_bytes(b"")  # the file system accepts it
+    assert numbered_name(name, 12).endswith(" (12).jpg")
+    assert derived_name(name, ".error.txt").endswith(".jpg.error.txt")
+    assert derived_name(name, ".error.txt") != derived_name(twin, ".error.txt")
+    assert derived_name("photo.jpg", ".json") == "photo.jpg.json"  # short names are left alone

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from nst_watch.errors import PhotoError
-from nst_watch.photo import load_photo
+from nst_watch.photo import load_photo, save_photo
 
 
 @pytest.fixture(autouse=True)
@@ -116,13 +116,31 @@ def test_symlink_is_not_followed(tmp_path):
     assert "is a symbolic link; nst-watch does not follow links" in reason(link).reason
 
 
-def test_format_not_in_allow_list(tmp_path):
-    gif = tmp_path / "anim.gif"
-    Image.new("P", (8, 8)).save(gif)
-    assert "GIF images are not in the allowed formats" in reason(gif).reason
+def _unsupported(tmp_path, kind: str):
+    path = tmp_path / f"pic.{kind.lower()}"
+    if kind == "PSD":  # Pillow cannot write PSD; the signature and version are what is sniffed
+        path.write_bytes(b"8BPS\x00\x01" + b"\x00" * 64)
+    else:
+        Image.new("P" if kind == "GIF" else "RGB", (8, 8)).save(path, kind)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["GIF", "BMP", "PSD"])
+def test_unsupported_formats_say_what_to_convert_to(tmp_path, kind):
+    # There is no setting that admits these formats, so no message may suggest one.
+    error = reason(_unsupported(tmp_path, kind))
+    assert error.reason == f"{kind} images are not supported"
+    assert error.fix.startswith("convert it to JPEG, PNG, TIFF") and "WebP" in error.fix
+    assert "config" not in str(error) and "allow" not in str(error)
+    assert str(error).startswith(str(tmp_path / f"pic.{kind.lower()}"))
+
+
+def test_format_outside_a_callers_allow_list(tmp_path):
     png = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(png)
-    assert "PNG images are not in the allowed formats (JPEG)" in reason(png, formats=("jpg",)).reason
+    error = reason(png, formats=("jpg",))
+    assert error.reason == "PNG images are not accepted here (only JPEG)"
+    assert error.fix == "convert it to JPEG" and "config" not in str(error)
 
 
 def test_raw_files_are_refused_by_name(tmp_path):
@@ -152,3 +170,56 @@ def test_unreadable_icc_profile_is_noted_not_fatal(tmp_path):
     Image.new("RGB", (8, 8), "red").save(path, icc_profile=b"not really a profile" * 10)
     photo = load_photo(path)
     assert photo.color_space == "sRGB" and any("unreadable" in n for n in photo.notes)
+
+
+# --- decoder warnings (issue 11, item 2) --------------------------------------------
+
+
+def with_segment(jpg: bytes, marker: bytes, payload: bytes) -> bytes:
+    """`jpg` with one more marker segment right after SOI."""
+    return jpg[:2] + marker + struct.pack(">H", len(payload) + 2) + payload + jpg[2:]
+
+
+def corrupt_exif() -> bytes:
+    """A TIFF blob whose one tag (Make, 40 bytes) points far past its end."""
+    return (b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
+            + struct.pack("<HHII", 0x010F, 2, 40, 5000) + struct.pack("<I", 0))
+
+
+def warning_source(tmp_path, kind: str):
+    if kind == "png-corrupt-exif":  # eXIf chunk: Pillow warns while parsing it
+        def chunk(tag, body):
+            return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), "red").save(buf, "PNG")
+        png = buf.getvalue()
+        path = tmp_path / "exif.png"
+        path.write_bytes(png[:33] + chunk(b"eXIf", corrupt_exif()) + png[33:])  # after IHDR
+        return path
+    jpg = jpeg(tmp_path / "plain.jpg", (32, 32)).read_bytes()
+    if kind == "jpeg-corrupt-exif":
+        data = with_segment(jpg, b"\xff\xe1", b"Exif\x00\x00" + corrupt_exif())
+    else:  # an MPF (multi-picture) segment whose TIFF header is garbage
+        data = with_segment(jpg, b"\xff\xe2", b"MPF\x00" + b"XX*\x00\x08\x00\x00\x00")
+    path = tmp_path / f"{kind}.jpg"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("jpeg-corrupt-exif", "Tag data larger than file"),
+    ("png-corrupt-exif", "Tag data larger than file"),
+    ("malformed-mpo", "malformed MPO file"),
+])
+def test_decoder_warnings_become_notes_and_log_records(tmp_path, caplog, kind, words):
+    path = warning_source(tmp_path, kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning escaping to the warnings module fails the test
+        photo = load_photo(path)
+        # Saving re-reads the source EXIF; that must not print the warning again either.
+        save_photo(photo.pixels, tmp_path / "out.jpg", source=photo)
+    assert photo.pixels.shape == (32, 32, 3)
+    assert sum(n.startswith("the decoder warned: ") and words in n for n in photo.notes) == 1
+    records = [r for r in caplog.records if r.name == "nst_watch.photo" and words in r.getMessage()]
+    assert records and all(str(path) in r.getMessage() and r.levelname == "WARNING" for r in records)

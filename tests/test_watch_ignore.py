@@ -88,3 +88,35 @@ def test_exclude_dirs_reject_everything_below(root):
     assert not flt.accepts_dir(root / "out")
     assert flt.accepts(root / "outbox" / "a.jpg")
     assert flt.accepts(root / "a.jpg")
+
+
+def test_ignored_by_names_the_pattern_that_rejects(root):
+    flt = PathFilter(root, include=["*.jpg"], ignore=DEFAULT_IGNORE + ["*-draft.*"], recursive=True)
+    assert flt.ignored_by(root / "._IMG.JPG") == ".*"  # the first rule that matches, case-insensitive
+    assert flt.ignored_by(root / "@EADIR" / "x.jpg") == "@eaDir"  # a folder's rule, for a file inside it
+    assert flt.ignored_by(root / "beach-draft.jpg") == "*-draft.*"  # the watch's own pattern
+    assert flt.ignored_by(root / "beach.jpg") is None
+    assert flt.ignored_by(root.parent / "elsewhere" / ".x.jpg") is None  # outside the watch: not its business
+
+
+def test_wants_name_and_reports_dir(root):
+    flat = PathFilter(root, include=["*.jpg"], recursive=False)
+    assert flat.wants_name(root / "y.JPG") and not flat.wants_name(root / "notes.txt")
+    assert flat.reports_dir(root / "y.jpg")  # a folder named like a photo, never entered: worth reporting
+    assert not flat.reports_dir(root / "holiday")  # an ordinary folder's name says nothing
+    assert not flat.reports_dir(root)
+    deep = PathFilter(root, include=["*.jpg"], recursive=True)
+    assert not deep.reports_dir(root / "y.jpg")  # a recursive watch enters it and takes what is inside
+    anything = PathFilter(root, recursive=False)
+    assert not anything.wants_name(root / "2024")  # no include patterns: no name is a photo name
+
+
+def test_passed_over_only_for_photo_names_the_watch_would_see(root):
+    flat = PathFilter(root, include=["*.jpg"], ignore=DEFAULT_IGNORE, recursive=False)
+    assert flat.passed_over(root / "._IMG.jpg") == ".*"
+    assert flat.passed_over(root / "IMG.jpg") is None  # taken, not passed over
+    assert flat.passed_over(root / ".DS_Store") is None  # litter: no photo name
+    assert flat.passed_over(root / "sub" / "._IMG.jpg") is None  # a flat watch never looks in sub/
+    deep = PathFilter(root, include=["*.jpg"], ignore=DEFAULT_IGNORE, recursive=True)
+    assert deep.passed_over(root / "sub" / "._IMG.jpg") == ".*"
+    assert deep.passed_over(root / "@eaDir" / "SYNOPHOTO_THUMB_M.jpg") is None  # inside an ignored folder

@@ -373,25 +373,87 @@ def test_scan_missing_root_yields_nothing(tmp_path):
     assert list(scan(missing, PathFilter(missing, recursive=True))) == []
 
 
-def test_scan_skips_unreadable_folder(tree, caplog, monkeypatch):
-    """An unreadable subfolder is logged and skipped; the rest of the scan goes on.
-
-    Simulated with a patched scandir: chmod 0 does not stop root, and CI may run as root.
-    """
-    locked = tree / "sub" / "deeper"
+def deny_listing(monkeypatch, folder: Path) -> Path:
+    """Make os.scandir(folder) fail as an unreadable folder does (chmod 0 does not stop root)."""
     real_scandir = os.scandir
 
     def scandir(path):
-        if Path(path) == locked:
+        if Path(path) == folder:
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
+    return folder
+
+
+def test_scan_skips_unreadable_folder(tree, caplog, monkeypatch):
+    """An unreadable subfolder is logged and skipped; the rest of the scan goes on.
+
+    Simulated with a patched scandir: CI may run as root.
+    """
+    locked = deny_listing(monkeypatch, tree / "sub" / "deeper")
     flt = PathFilter(tree, include=["*.jpg"], recursive=True)
     with caplog.at_level(logging.WARNING, logger="nst_watch.watch"):
         found = rel(scan(tree, flt), tree)
     assert "sub/c.jpg" in found and "sub/deeper/d.jpg" not in found
     assert "cannot list" in caplog.text
+
+
+def test_scan_reports_what_it_passes_over(tree):
+    """Entries whose name says photo but that the scan does not yield reach on_skip with a reason."""
+    (tree / "y.jpg").mkdir()  # a folder named like a photo
+    (tree / "holiday").mkdir()  # an ordinary folder: not a photo name, not reported
+    (tree / "._IMG.jpg").write_bytes(b"x")
+    skipped = {}
+    flt = PathFilter(tree, include=["*.jpg"], ignore=DEFAULT_IGNORE, recursive=False)
+    found = rel(scan(tree, flt, lambda path, reason: skipped.setdefault(str(path.relative_to(tree)), reason)), tree)
+    assert found == ["B.JPG", "a.jpg", "link.jpg"]
+    assert skipped == {"y.jpg": "a directory", "._IMG.jpg": "ignored by pattern '.*'"}
+    # .DS_Store and x.jpg.part are ignored too, but their names match no include pattern: litter, not photos.
+
+
+def test_scan_reports_a_folder_it_cannot_list_once_to_the_caller(tree, caplog, monkeypatch):
+    locked = deny_listing(monkeypatch, tree / "sub")
+    skipped = {}
+    flt = PathFilter(tree, include=["*.jpg"], recursive=True)
+    with caplog.at_level(logging.WARNING, logger="nst_watch.watch"):
+        found = rel(scan(tree, flt, lambda path, reason: skipped.setdefault(path, reason)), tree)
+    assert "sub/c.jpg" not in found and "a.jpg" in found
+    assert skipped == {locked: "cannot list: Permission denied"}
+    assert "cannot list" not in caplog.text  # the caller logs it (once), not every scan
+
+
+def test_chmod_arrives_as_an_event(inbox, make_watcher):
+    """A photo made readable changes no byte: only the attribute event tells."""
+    photo = inbox / "a.jpg"
+    photo.write_bytes(b"x")
+    watcher, got = make_watcher(inbox)
+    got.flush(inbox)
+    got.calls.clear()
+    os.chmod(photo, 0o600)
+    assert wait_until(lambda: photo in got.seen())
+
+
+@pytest.mark.parametrize("polling", MODES)
+def test_folder_named_like_a_photo_is_reported_not_entered(inbox, make_watcher, polling):
+    watcher, got = make_watcher(inbox, include=["*.jpg"], polling=polling)
+    (inbox / "y.jpg").mkdir()
+    (inbox / "holiday").mkdir()
+    (inbox / "y.jpg" / "inside.jpg").write_bytes(b"x")  # a flat watch: never taken
+    assert wait_until(lambda: inbox / "y.jpg" in got.seen())
+    got.flush(inbox)
+    assert got.names() == {"y.jpg"}
+
+
+def test_ignored_photo_names_reach_on_ignored(inbox, make_watcher):
+    ignored = []
+    watcher, got = make_watcher(inbox, include=["*.jpg"],
+                                on_ignored=lambda path, reason: ignored.append((path.name, reason)))
+    (inbox / "._IMG.jpg").write_bytes(b"x")
+    (inbox / ".DS_Store").write_bytes(b"x")  # matches no include pattern: litter, not reported
+    assert wait_until(lambda: ("._IMG.jpg", "ignored by pattern '.*'") in ignored)
+    got.flush(inbox)
+    assert {name for name, _ in ignored} == {"._IMG.jpg"} and got.names() == set()
 
 
 # -- end to end: watcher + tracker -------------------------------------------

@@ -254,3 +254,66 @@ def test_concurrent_touches_while_polling(tmp_path, clock):
 def test_negative_settle_rejected():
     with pytest.raises(ValueError):
         SettleTracker(-1)
+
+
+def settle_once(tracker, clock, path) -> list:
+    """Touch `path`, let the settle time pass, and return the kinds of the reports that follow."""
+    tracker.touch(path)
+    tracker.poll()
+    clock.advance(SETTLE)
+    return [r.kind for r in tracker.poll()]
+
+
+def test_unreport_lets_an_unchanged_file_be_judged_again(tmp_path, tracker, clock):
+    """The consumer could not take a report (unreadable, locked): without unreport, scans never retry it."""
+    photo = tmp_path / "a.jpg"
+    write(photo, b"x")
+    assert settle_once(tracker, clock, photo) == [READY]
+    tracker.touch(photo)  # a reconcile scan: unchanged, so dropped as a late duplicate
+    clock.advance(SETTLE)
+    assert tracker.poll() == []
+    tracker.unreport(photo)
+    assert settle_once(tracker, clock, photo) == [READY]
+
+
+def test_unreport_keeps_a_waiting_candidate(tmp_path, tracker, clock):
+    photo = tmp_path / "a.jpg"
+    write(photo, b"x")
+    tracker.touch(photo)
+    tracker.poll()
+    tracker.unreport(photo)
+    assert tracker.pending() == 1
+    clock.advance(SETTLE)
+    assert [r.kind for r in tracker.poll()] == [READY]
+
+
+def test_chmod_counts_as_news(tmp_path, tracker, clock):
+    """Same bytes, same mtime, new permissions: ctime moved, so the file is reported again."""
+    photo = tmp_path / "a.jpg"
+    write(photo, b"x")
+    os.chmod(photo, 0)
+    tracker.touch(photo)
+    tracker.poll()
+    clock.advance(SETTLE)
+    (first,) = tracker.poll()
+    before = os.lstat(photo).st_ctime_ns
+    while os.lstat(photo).st_ctime_ns == before:  # the kernel stamps ctime at clock-tick granularity
+        os.chmod(photo, 0o644)
+    tracker.touch(photo)
+    tracker.poll()
+    clock.advance(SETTLE)
+    (second,) = tracker.poll()
+    assert second.ok and second.ctime_ns != first.ctime_ns and second.mtime_ns == first.mtime_ns
+
+
+def test_rejections_say_what_the_entry_is(tmp_path, tracker):
+    import stat
+
+    (tmp_path / "folder.jpg").mkdir()
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "folder.jpg")
+    for name in ("folder.jpg", "pipe.jpg", "link.jpg"):
+        tracker.touch(tmp_path / name)
+    kinds = {r.path.name: (r.kind, stat.S_IFMT(r.mode)) for r in tracker.poll()}
+    assert kinds == {"folder.jpg": (NOT_REGULAR, stat.S_IFDIR), "pipe.jpg": (NOT_REGULAR, stat.S_IFIFO),
+                     "link.jpg": (SYMLINK, stat.S_IFLNK)}

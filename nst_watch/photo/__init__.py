@@ -8,6 +8,8 @@ Decoding (:func:`load_photo`)
     (``max_pixels``), Pillow's DecompressionBombWarning is an error, and the
     full decode runs inside error handling so truncated files fail here.
     EXIF orientation is applied exactly once. The result is float32 sRGB.
+    Pillow's warnings (corrupt EXIF, malformed MPO...) become Photo.notes
+    and log records naming the file, never raw stderr output.
 
 Colour
     Inputs tagged with another profile (Adobe RGB, ProPhoto, Display P3, CMYK
@@ -36,10 +38,16 @@ Metadata
     thumbnail, GPS optionally stripped; XMP is carried (orientation,
     dimensions and, if asked, GPS updated). IPTC is not written (Pillow
     cannot). TIFF outputs are written by tifffile for 8 and 16 bits.
+    A JPEG holds at most 64 KB each of EXIF and XMP: bulkier source metadata
+    is trimmed (huge MakerNote/UserComment, Photoshop DocumentAncestors,
+    edit history; camera, lens, exposure and dates stay), or dropped whole,
+    with a note. PNG, WebP and TIFF keep it all. ICC profiles of any size
+    are kept (split across JPEG APP2 segments).
 
 Names and writes
-    See :mod:`.naming` (templates, tokens, ``{counter}``) and :mod:`.atomic`
-    (temp file + fsync + no-clobber link; ``clean_temp_files``).
+    See :mod:`.naming` (templates, tokens, ``{counter}``; names that are
+    not UTF-8 or fill the 255-byte limit) and :mod:`.atomic` (temp file +
+    fsync + no-clobber link; ``clean_temp_files``).
 """
 
 from __future__ import annotations

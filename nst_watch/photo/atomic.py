@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nst_watch.errors import PhotoError
+from nst_watch.faults import fault
 
 from .naming import numbered_name
 
@@ -33,20 +34,32 @@ TEMP_PREFIX = ".nst-tmp-"
 COLLISIONS = ("suffix", "skip", "overwrite")
 _NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
 _MAX_SUFFIX = 100_000
+# An encoder that fails on good pixels is our bug, not the user's: say so, and
+# give a way around it that exists (the preset's `output.format`, the watch's
+# `format`, or the output name's extension on the command line).
+ENCODE_FIX = ("the photo itself is fine; write another format (format: png or tiff in the preset's output "
+              "or the watch, or a .png/.tif output name) and please report this as an nst-watch bug")
 
 
-def write_atomic(dest: Path, write: Callable[[BinaryIO], None], collision: str = "suffix") -> Path | None:
+def write_atomic(dest: Path, write: Callable[[BinaryIO], None], collision: str = "suffix",
+                 temp: str | None = None) -> Path | None:
     """Write `dest` through `write(fileobj)`; return the path used, None if skipped.
 
     On any failure neither the temp file nor anything under the final name is
     left behind. OSErrors become PhotoError (transient: the photo is fine, the
     disk or folder is not); other exceptions from `write` propagate unchanged.
+    `temp` names the temp file (``TEMP_PREFIX`` + `temp`; default random): a
+    caller that can be killed mid-write and retried, like the daemon's
+    worker, passes a name it will know again, so its next attempt removes
+    what the killed one left.
     """
     if collision not in COLLISIONS:
         raise ValueError(f"collision must be one of {COLLISIONS}, not {collision!r}")
     dest = Path(dest)
     folder = dest.parent
-    tmp = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    tmp = folder / f"{TEMP_PREFIX}{temp or secrets.token_hex(8)}"
+    if temp is not None:
+        _unlink_quietly(tmp)  # a killed earlier attempt's
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if collision == "skip" and os.path.lexists(dest):
@@ -57,6 +70,7 @@ def write_atomic(dest: Path, write: Callable[[BinaryIO], None], collision: str =
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        fault("writing")  # crash tests: the temp file is whole, the final name not yet given
         final = _place(tmp, dest, collision)
         if final is not None:
             fsync_dir(folder)
@@ -149,7 +163,7 @@ def write_error(dest: Path, exc: OSError) -> PhotoError:
         return PhotoError(dest, f"{folder} is on a read-only file system",
                           "point the output at a writable folder", permanent=False)
     if code is None:  # encoders raise errno-less OSErrors for bad data
-        return PhotoError(dest, f"could not encode the image: {exc}")
+        return PhotoError(dest, f"could not encode the image: {exc}", ENCODE_FIX)
     return PhotoError(dest, f"could not write into {folder}: {exc.strerror or exc}", permanent=False)
 
 

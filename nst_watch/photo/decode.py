@@ -4,7 +4,9 @@ The order of checks is the point: lstat before open (a FIFO would block, a
 symlink could point anywhere), magic bytes before Pillow (clear messages and a
 format allow-list), header dimensions before any pixel is decoded, and the
 full decode inside error handling (Pillow opens lazily, so a truncated file
-only fails at load()).
+only fails at load()). Warnings Pillow raises meanwhile ("Possibly corrupt
+EXIF data", "malformed MPO file"...) become notes on the Photo and log lines
+naming the file, never raw stderr output.
 """
 
 from __future__ import annotations
@@ -77,7 +79,14 @@ class Photo:
 
 
 def load_photo(path, *, max_pixels: int = 100_000_000, formats=DEFAULT_FORMATS) -> Photo:
-    """Decode `path` safely; every failure is a PhotoError with a clear reason."""
+    """Decode `path` safely; every failure is a PhotoError with a clear reason.
+
+    `max_pixels` bounds width x height (checked from the header, before
+    decoding); `formats` is the allow-list of input formats (ValueError for
+    names nst-watch cannot decode). What was converted, and any warning from
+    the decoders, is listed in Photo.notes (warnings are also logged on the
+    "nst_watch.photo" logger).
+    """
     path = Path(path)
     allowed = normalise_formats(formats)
     _check_file(path)
@@ -108,7 +117,7 @@ def _check_file(path: Path) -> None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        raise PhotoError(path, "file not found (moved or deleted before it could be read)") from None
+        raise PhotoError(path, "no such file (the path is wrong, or it was moved or deleted)") from None
     except OSError as exc:
         raise PhotoError(path, f"cannot be examined: {exc.strerror}", permanent=False) from None
     if stat.S_ISLNK(st.st_mode):
@@ -167,9 +176,25 @@ def _sniff(path: Path, f, allowed: tuple[str, ...]) -> str:
         raise PhotoError(path, "HEIF/HEIC image, but the optional pillow-heif package is not installed",
                          "pip install 'nst-watch[heif]', or export a JPEG")
     if kind not in allowed:
-        raise PhotoError(path, f"{kind} images are not in the allowed formats ({', '.join(allowed)})",
-                         "convert the photo, or allow the format in the configuration")
+        # There is no setting that admits other formats: say what to convert to.
+        if kind in BASE_FORMATS + ("HEIF",):  # decodable, but this caller's allow-list excludes it
+            raise PhotoError(path, f"{kind} images are not accepted here (only {', '.join(allowed)})",
+                             f"convert it to {_or_list(allowed)}")
+        how = _CONVERT_HINTS.get(kind, "for example by saving a copy from an image editor")
+        raise PhotoError(path, f"{kind} images are not supported", f"convert it to {_or_list(allowed)}, {how}")
     return kind
+
+
+_CONVERT_HINTS = {
+    "GIF": "for example by saving a copy as PNG (an animation: save the frame you want)",
+    "PSD": "for example by exporting a flattened copy as TIFF or JPEG from Photoshop",
+    "PDF": "for example by exporting the page as PNG or JPEG",
+}
+
+
+def _or_list(names) -> str:
+    names = [{"WEBP": "WebP"}.get(n, n) for n in names]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 # --- decoding -------------------------------------------------------------------
@@ -177,7 +202,7 @@ def _sniff(path: Path, f, allowed: tuple[str, ...]) -> str:
 
 def _too_big(path: Path, max_pixels: int, detail: str) -> PhotoError:
     return PhotoError(path, f"{detail}, over the max_pixels limit of {max_pixels} pixels",
-                      "raise the max_pixels setting or downscale the photo")
+                      "downscale the photo, or raise max_pixels in the config file")
 
 
 def _check_size(path: Path, size: tuple[int, int], max_pixels: int) -> None:
@@ -194,7 +219,10 @@ def _decode(path: Path, f, kind: str, max_pixels: int) -> dict:
     # its bomb warning (now an error) never contradicts the user's setting.
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
+        # Record every warning (reported below, per photo); the bomb warning
+        # stays an error: the pixel limit is a refusal, not a remark.
+        warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             im = _open_image(path, f, kind, max_pixels)
@@ -204,6 +232,9 @@ def _decode(path: Path, f, kind: str, max_pixels: int) -> dict:
                 fields = _load_pillow16(path, f, im, notes)
             else:
                 fields = _load_8bit(path, im, kind, notes)
+            # Parse the EXIF the way the encoder will, so corrupt-EXIF warnings
+            # surface here, on this photo, rather than while saving.
+            metadata.output_exif(fields["exif"], 1, 1, strip_gps=False)
         except PhotoError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -216,7 +247,19 @@ def _decode(path: Path, f, kind: str, max_pixels: int) -> dict:
         except _DECODE_ERRORS as exc:
             raise PhotoError(path, f"image data is truncated or corrupt ({exc})",
                              "copy the file again; if it opens elsewhere, re-export it") from exc
+        finally:
+            _report_warnings(path, caught, notes)
     return {**fields, "notes": notes}
+
+
+def _report_warnings(path: Path, caught: list, notes: list[str]) -> None:
+    """Each distinct warning -> a note and a log record naming `path`."""
+    for category, message in dict.fromkeys((w.category, str(w.message).strip()) for w in caught):
+        if issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
+            log.debug("%s: %s: %s", path, category.__name__, message)  # about code, not this photo
+            continue
+        log.warning("%s: the decoder warned: %s", path, message)
+        notes.append(f"the decoder warned: {message}")
 
 
 def _open_image(path: Path, f, kind: str, max_pixels: int):

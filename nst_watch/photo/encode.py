@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image, ImageCms, PngImagePlugin, TiffImagePlugin
 from nst_watch.errors import PhotoError
 
 from . import atomic, color, metadata
-from .naming import cap_name
+from .naming import derived_name, escape_name
 
 log = logging.getLogger("nst_watch.photo")
 
@@ -25,6 +26,10 @@ SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}
 ICC_MODES = ("srgb", "keep")
 _ENCODE_ERRORS = (ValueError, TypeError, KeyError, struct.error)
+# Per-segment limits on metadata, by output format (None: the format has none
+# that matters; PNG chunks, WebP chunks and TIFF tags hold up to 2-4 GB).
+_EXIF_LIMIT = {"JPEG": metadata.JPEG_EXIF_MAX}
+_XMP_LIMIT = {"JPEG": metadata.JPEG_XMP_MAX}
 # tifffile refuses to write the Exif/GPS IFD pointer tags, so they are written
 # under a neighbouring private code (same sort position) and renamed after.
 _PLACEHOLDER = {metadata.EXIF_IFD: 34664, metadata.GPS_IFD: 34852}
@@ -41,12 +46,19 @@ class SaveResult:
 
 def save_photo(pixels, dest, *, source=None, format: str | None = None, quality: int = 95,
                bit_depth: int = 8, icc: str = "srgb", strip_gps: bool = False,
-               collision: str = "suffix", sidecar: dict | None = None) -> SaveResult | None:
+               collision: str = "suffix", sidecar: dict | None = None,
+               temp: str | None = None) -> SaveResult | None:
     """Write float32 HxWx3 sRGB `pixels` to `dest`; None when skipped (collision="skip").
 
     `source` (the decoded Photo) supplies EXIF, XMP, the ICC profile for
-    icc="keep", alpha and the bit depth to compare against. ValueError for
-    invalid arguments; PhotoError for everything that can go wrong per photo.
+    icc="keep", alpha and the bit depth to compare against. Metadata a format
+    cannot hold (over 64 KB of EXIF or XMP in a JPEG) is trimmed, or dropped,
+    and reported in SaveResult.notes; the image is written regardless.
+    `sidecar` is written as UTF-8 JSON to ``<output name>.json``, file names
+    in it escaped where they are not valid UTF-8. ValueError for invalid
+    arguments; PhotoError for everything that can go wrong per photo.
+    `temp` names the temp files (see atomic.write_atomic) for a caller that
+    must find them again after being killed.
     """
     dest = Path(dest)
     fmt = _output_format(dest, format, bit_depth)
@@ -54,10 +66,10 @@ def save_photo(pixels, dest, *, source=None, format: str | None = None, quality:
     rgb = as_rgb(pixels)
     h, w = rgb.shape[:2]
     notes: list[str] = []
+    warned: list[str] = []  # notes worth a log warning, logged once the final name is known
     if source is not None and source.bit_depth > bit_depth:
-        msg = f"the 16-bit source was written as {bit_depth}-bit {fmt} (ask for a 16-bit TIFF to keep full precision)"
-        log.warning("%s: %s", dest, msg)
-        notes.append(msg)
+        warned.append(f"the 16-bit source was written as {bit_depth}-bit {fmt} "
+                      "(ask for a 16-bit TIFF to keep full precision)")
     alpha = _alpha_for(source, w, h)
     if alpha is not None and fmt not in ALPHA_FORMATS:
         rgb = rgb * alpha[..., None] + (1.0 - alpha[..., None])
@@ -66,17 +78,27 @@ def save_photo(pixels, dest, *, source=None, format: str | None = None, quality:
     data, profile, profile_name = _output_color(rgb, source, icc, bit_depth, notes)
     if alpha is not None:
         data = np.dstack([data, quantise(alpha, bit_depth)])
-    exif = metadata.output_exif(source.exif if source else None, w, h, strip_gps)
+    with warnings.catch_warnings(record=True) as caught:
+        # Pillow warns about corrupt EXIF again as it re-parses it here; the
+        # decoder already reported that on the Photo, so only log it.
+        warnings.simplefilter("always")
+        exif = metadata.output_exif(source.exif if source else None, w, h, strip_gps)
+    for warning in caught:
+        log.debug("%s: while reading the source EXIF: %s", dest, warning.message)
     xmp = metadata.output_xmp(source.xmp if source else None, w, h, strip_gps)
-    write = partial(_encode, dest, fmt, data, profile, exif, xmp, quality, notes)
-    final = atomic.write_atomic(dest, write, collision)
+    exif, xmp = _fit_metadata(fmt, exif, xmp, notes, warned)
+    write = partial(_encode, dest, fmt, data, profile, exif, xmp, quality)
+    final = atomic.write_atomic(dest, write, collision, temp=temp)
     if final is None:
         return None
+    for message in warned:
+        log.warning("%s: %s", final, message)
+    notes = warned + notes
     side = None
     if sidecar is not None:
         info = dict(file=final.name, format=fmt, width=w, height=h, bit_depth=bit_depth,
                     color_profile=profile_name, notes=notes)
-        side = _write_sidecar(final, sidecar, info)
+        side = _write_sidecar(final, sidecar, info, temp=f"{temp}-json" if temp else None)
     return SaveResult(final, notes, side)
 
 
@@ -170,25 +192,54 @@ def _output_color(rgb, source, icc, bit_depth, notes):
 # --- encoders -------------------------------------------------------------------
 
 
-def _encode(dest, fmt, data, profile, exif, xmp, quality, notes, f) -> None:
+def _encode(dest, fmt, data, profile, exif, xmp, quality, f) -> None:
     """Write the image into the open temp file `f` (called by write_atomic)."""
     try:
         if fmt == "TIFF":
-            _encode_tiff(f, data, profile, exif, xmp, notes)
+            _encode_tiff(f, data, profile, exif, xmp)
         else:
-            _encode_pillow(f, fmt, data, profile, _exif_bytes(exif, notes), xmp, quality)
+            _encode_pillow(f, fmt, data, profile, exif, xmp, quality)
     except _ENCODE_ERRORS as exc:
-        raise PhotoError(dest, f"could not encode the image as {fmt}: {exc}") from exc
+        raise PhotoError(dest, f"could not encode the stylised image as {fmt} ({type(exc).__name__}: {exc})",
+                         atomic.ENCODE_FIX) from exc
 
 
-def _exif_bytes(exif: metadata.OutputExif, notes: list[str]) -> bytes | None:
-    if not (exif.ifd0 or exif.exif or exif.gps):
-        return None
-    try:
-        return exif.to_bytes()
-    except Exception as exc:  # odd vendor values Pillow cannot re-serialise
-        notes.append(f"the EXIF data could not be re-written and was dropped ({exc})")
-        return None
+def _fit_metadata(fmt: str, exif: metadata.OutputExif, xmp: bytes | None, notes: list[str],
+                  warned: list[str]):
+    """-> (EXIF for the encoder: OutputExif for TIFF, bytes or None otherwise; XMP bytes or None).
+
+    Whatever cannot be carried is left out with a note in `warned` (the
+    caller logs it), so metadata never costs the user the picture.
+    """
+    limit = _EXIF_LIMIT.get(fmt)
+    dropped: list[str] = []
+    if fmt == "TIFF":
+        _check_tiff_ifds(exif, notes)
+        out_exif = exif
+    elif exif.ifd0 or exif.exif or exif.gps:
+        try:
+            out_exif, dropped = metadata.fit_exif(exif, limit)
+        except Exception as exc:  # odd vendor values Pillow cannot re-serialise
+            out_exif = None
+            warned.append(f"the EXIF data could not be re-written and was dropped ({exc})")
+    else:
+        out_exif = None
+    if dropped:
+        warned.append(_trim_note("EXIF", fmt, limit, dropped))
+    xmp, dropped = metadata.fit_xmp(xmp, _XMP_LIMIT.get(fmt))
+    if dropped:
+        warned.append(_trim_note("XMP", fmt, _XMP_LIMIT[fmt], dropped))
+    return out_exif, xmp
+
+
+def _trim_note(kind: str, fmt: str, limit: int, dropped: list[str]) -> str:
+    """E.g. "the EXIF is too big for JPEG (at most 65533 bytes), so UserComment (100008 bytes) was dropped"."""
+    head = f"the {kind} is too big for {fmt} (at most {limit} bytes), so "
+    if dropped[-1] == f"all {kind}":
+        tried = f" (dropping {', '.join(dropped[:-1])} was not enough)" if dropped[:-1] else ""
+        return head + f"all of it was dropped{tried}"
+    return head + f"{', '.join(dropped)} {'was' if len(dropped) == 1 else 'were'} dropped"
+
 
 
 def _encode_pillow(f, fmt, data, profile, exif_bytes, xmp, quality) -> None:
@@ -209,7 +260,7 @@ def _encode_pillow(f, fmt, data, profile, exif_bytes, xmp, quality) -> None:
     Image.fromarray(data).save(f, fmt, **options)
 
 
-def _encode_tiff(f, data, profile, exif: metadata.OutputExif, xmp, notes) -> None:
+def _encode_tiff(f, data, profile, exif: metadata.OutputExif, xmp) -> None:
     """8- or 16-bit TIFF through tifffile (ZIP compressed), with EXIF.
 
     Pillow can only write the Exif IFD into an uncompressed TIFF and cannot
@@ -220,8 +271,7 @@ def _encode_tiff(f, data, profile, exif: metadata.OutputExif, xmp, notes) -> Non
     tags.append((metadata.ORIENTATION, "H", 1, 1, True))
     if xmp:
         tags.append((700, "B", len(xmp), xmp, True))
-    subifds = {code: ifd for code, ifd in ((metadata.EXIF_IFD, exif.exif), (metadata.GPS_IFD, exif.gps))
-               if ifd and _serialisable(code, ifd, notes)}
+    subifds = {code: ifd for code, ifd in ((metadata.EXIF_IFD, exif.exif), (metadata.GPS_IFD, exif.gps)) if ifd}
     tags += [(_PLACEHOLDER[code], "I", 1, 0, True) for code in subifds]
     options = _tiff_resolution(exif.ifd0)
     tifffile.imwrite(f, data, photometric="rgb", extrasamples=("unassalpha",) if data.shape[-1] == 4 else None,
@@ -248,13 +298,17 @@ def _ifd_bytes(code: int, values: dict, start: int, order: str = "<") -> bytes:
     return ifd.tobytes(start)
 
 
-def _serialisable(code: int, values: dict, notes: list[str]) -> bool:
-    try:
-        _ifd_bytes(code, values, 8)
-    except Exception as exc:  # odd vendor values Pillow cannot re-serialise
-        notes.append(f"EXIF IFD {code:#x} could not be re-written and was dropped ({exc})")
-        return False
-    return True
+def _check_tiff_ifds(exif: metadata.OutputExif, notes: list[str]) -> None:
+    """Empty the Exif/GPS IFDs of `exif` that Pillow cannot serialise, with a note."""
+    for code, name in ((metadata.EXIF_IFD, "exif"), (metadata.GPS_IFD, "gps")):
+        values = getattr(exif, name)
+        if not values:
+            continue
+        try:
+            _ifd_bytes(code, values, 8)
+        except Exception as exc:  # odd vendor values Pillow cannot re-serialise
+            notes.append(f"EXIF IFD {code:#x} could not be re-written and was dropped ({exc})")
+            setattr(exif, name, {})
 
 
 def _append_subifds(f, subifds: dict[int, dict]) -> None:
@@ -273,12 +327,12 @@ def _append_subifds(f, subifds: dict[int, dict]) -> None:
         f.write(struct.pack(order + "HHII", code, 4, 1, start))  # tag, LONG, count 1, offset
 
 
-def _write_sidecar(final: Path, payload: dict, info: dict) -> Path:
+def _write_sidecar(final: Path, payload: dict, info: dict, temp: str | None = None) -> Path:
     """`<output name>.json` beside the output; on failure the output is removed too."""
-    path = final.with_name(cap_name(final.name + ".json"))
-    text = json.dumps({**payload, "output": info}, indent=2, ensure_ascii=False, default=str) + "\n"
+    path = final.with_name(derived_name(final.name, ".json"))
+    text = json.dumps(_jsonable({**payload, "output": info}), indent=2, ensure_ascii=False) + "\n"
     try:
-        atomic.write_atomic(path, lambda f: f.write(text.encode("utf-8")), "overwrite")
+        atomic.write_atomic(path, lambda f: f.write(text.encode("utf-8")), "overwrite", temp=temp)
     except PhotoError:
         try:
             os.unlink(final)
@@ -286,3 +340,19 @@ def _write_sidecar(final: Path, payload: dict, info: dict) -> Path:
             pass
         raise
     return path
+
+
+def _jsonable(value):
+    """`value` with every string valid UTF-8 (and anything else JSON cannot hold as its str()).
+
+    File names from os.fsdecode carry undecodable bytes as lone surrogates,
+    which json.dumps would pass on into text that cannot be encoded; they
+    become ``\\xNN``. Control characters need nothing: JSON escapes them.
+    """
+    if isinstance(value, dict):
+        return {_jsonable(str(k) if not isinstance(k, str) else k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return escape_name(value if isinstance(value, str) else str(value), controls=False)

@@ -11,6 +11,13 @@ everything describing the old pixels is rewritten or dropped:
 * IFD0 is rebuilt from an allow-list, so no IFD1 and no embedded thumbnail
   (it would still show the unstylised photo), and no TIFF structure tags
   (StripOffsets...) leak from a TIFF source into a JPEG.
+
+A JPEG holds EXIF and XMP in one marker segment each (at most 65535 bytes with
+its header), while PNG, WebP and TIFF hold megabytes. :func:`fit_exif` and
+:func:`fit_xmp` shrink metadata for such a limit: first the bulky, least
+useful parts (a huge MakerNote or UserComment; Photoshop's DocumentAncestors,
+edit history, thumbnails of the old pixels), keeping camera, lens, exposure
+and dates; the whole block only if that is not enough.
 """
 
 from __future__ import annotations
@@ -18,13 +25,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from PIL import Image
+from PIL import ExifTags, Image
 
 ORIENTATION = 0x0112
 EXIF_IFD = 0x8769
 GPS_IFD = 0x8825
 INTEROP_IFD = 0xA005
 EXIF_WIDTH, EXIF_HEIGHT = 0xA002, 0xA003
+
+# JPEG marker segments: 65535 bytes including the 2-byte length field (Pillow's
+# MAX_BYTES_IN_MARKER). EXIF bytes carry their b"Exif\0\0" header already; XMP
+# shares its segment with the 29-byte namespace b"http://ns.adobe.com/xap/1.0/\0".
+JPEG_EXIF_MAX = 65533
+JPEG_XMP_MAX = 65533 - 29
+# Tags whose values are at most this many bytes are never trimmed one by one:
+# camera, lens, exposure and date tags are all far smaller.
+_TRIM_ABOVE = 64
 
 # Descriptive IFD0 tags worth keeping. ASCII ones can also go into a TIFF IFD0.
 IFD0_ASCII = {
@@ -101,6 +117,45 @@ def output_exif(raw: bytes | None, width: int, height: int, strip_gps: bool) -> 
     return out
 
 
+def fit_exif(exif: OutputExif, limit: int | None) -> tuple[bytes | None, list[str]]:
+    """Serialise `exif` into at most `limit` bytes -> (bytes or None, names of what was dropped).
+
+    The largest tag values over 64 bytes go first (MakerNote, UserComment...),
+    one at a time, until the rest fits; if even that is too big, the whole
+    EXIF is dropped (None, ["all EXIF"]). `limit` None means no limit. The
+    tags left in `exif` after the call are those written. Exceptions from
+    Pillow's serialiser propagate (the caller reports them).
+    """
+    raw = exif.to_bytes()
+    dropped: list[str] = []
+    while limit is not None and len(raw) > limit:
+        sizes = [(_value_size(v), name, ifd, tag) for name, ifd in (("", exif.ifd0), ("", exif.exif), ("GPS", exif.gps))
+                 for tag, v in ifd.items() if tag != INTEROP_IFD]
+        sizes = [entry for entry in sizes if entry[0] > _TRIM_ABOVE]
+        if not sizes:
+            exif.ifd0, exif.exif, exif.gps = {}, {}, {}
+            return None, dropped + ["all EXIF"]
+        size, group, ifd, tag = max(sizes, key=lambda entry: entry[0])
+        del ifd[tag]
+        names = ExifTags.GPSTAGS if group == "GPS" else ExifTags.TAGS
+        dropped.append(f"{group}{names.get(tag, f'tag {tag:#06x}')} ({size} bytes)")
+        raw = exif.to_bytes()
+    return raw, dropped
+
+
+def _value_size(value) -> int:
+    """Roughly the bytes `value` takes in an IFD (only the order matters)."""
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "replace"))
+    if isinstance(value, (tuple, list)):
+        return sum(_value_size(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_value_size(v) for v in value.values())
+    return 8
+
+
 def _safe_ifd(exif: Image.Exif, tag: int) -> dict:
     try:
         return exif.get_ifd(tag)
@@ -132,3 +187,38 @@ def output_xmp(xmp: bytes | None, width: int, height: int, strip_gps: bool) -> b
                         (rb"tiff:ImageWidth", width), (rb"tiff:ImageLength", height)):
         xmp = _xmp_set(xmp, name, value)
     return _xmp_drop_gps(xmp) if strip_gps else xmp
+
+
+# Bulky XMP properties that say nothing about the new picture, most useless first:
+# ids of every document ever pasted in, thumbnails of the old pixels, edit logs.
+XMP_BULK = (rb"photoshop:DocumentAncestors", rb"xmp:Thumbnails", rb"xap:Thumbnails", rb"xmpMM:Pantry",
+            rb"xmpMM:History", rb"xmpMM:Ingredients", rb"xmpMM:Manifest", rb"xmpMM:DerivedFrom")
+
+
+def _xmp_drop(xmp: bytes, name: bytes) -> bytes:
+    """Remove property `name`, written as element (<a>...</a>, <a/>) or attribute (a="v")."""
+    xmp = re.sub(rb"<(" + name + rb")\b[^>]*?(/>|>.*?</\1\s*>)", b"", xmp, flags=re.S)
+    return re.sub(rb"""\s""" + name + rb"""=(["'])[^"']*\1""", b"", xmp)
+
+
+def fit_xmp(xmp: bytes | None, limit: int | None) -> tuple[bytes | None, list[str]]:
+    """`xmp` shrunk to at most `limit` bytes -> (packet or None, names of what was dropped).
+
+    The packet's whitespace padding goes first (it only exists for in-place
+    editing, and losing it loses nothing), then the XMP_BULK properties in
+    order until it fits; if still too big, the whole packet (None, ["all XMP"]).
+    """
+    if not xmp or limit is None or len(xmp) <= limit:
+        return xmp, []
+    xmp = re.sub(rb"\s+(<\?xpacket end=)", rb"\1", xmp)
+    dropped: list[str] = []
+    for name in XMP_BULK:
+        if len(xmp) <= limit:
+            break
+        smaller = _xmp_drop(xmp, name)
+        if len(smaller) < len(xmp):
+            dropped.append(f"{name.decode()} ({len(xmp) - len(smaller)} bytes)")
+            xmp = smaller
+    if len(xmp) > limit:
+        return None, dropped + ["all XMP"]
+    return xmp, dropped

@@ -18,15 +18,20 @@ Tokens (str.format fields, no format specs or conversions):
 ========== =================================================================
 
 Every substituted value is NFC-normalised, sanitised with pathvalidate (``/``,
-``\\``, NUL, newlines and other illegal characters become ``_``) and capped at
-100 bytes, so a value can never add a folder or escape the output root. ``/``
-in the template itself makes subfolders. Each path component is then
-sanitised again, stripped of leading dots (no hidden files, no ``..``) and
-capped at 255 bytes of UTF-8 with its extension kept.
+``\\``, NUL, newlines, other illegal characters and bytes that are not UTF-8
+become ``_``) and capped at 100 bytes, so a value can never add a folder or
+escape the output root. ``/`` in the template itself makes subfolders. Each
+path component is then sanitised again, stripped of leading dots (no hidden
+files, no ``..``) and capped at 255 bytes of UTF-8 with its extension kept.
+
+Names of files about a file (sidecars, error reports) come from
+:func:`derived_name`; text that quotes a file name comes from
+:func:`escape_name`, so no name can make a report or JSON invalid UTF-8.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import string
@@ -42,6 +47,11 @@ MAX_NAME_BYTES = 255  # NAME_MAX on ext4, XFS, btrfs, APFS, NTFS (UTF-16, but cl
 MAX_VALUE_BYTES = 100
 _MAX_EXT_BYTES = 16
 _MAX_COUNTER = 1_000_000
+# os.fsdecode turns bytes that are not UTF-8 into lone surrogates (U+DC80-DCFF);
+# "surrogateescape" turns them back into the very bytes the file system holds.
+_FS_ERRORS = "surrogateescape"
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def validate_template(template: str) -> None:
@@ -100,7 +110,9 @@ def render_name(template: str, tokens: dict) -> str:
 
 
 def _clean_value(value) -> str:
-    text = unicodedata.normalize("NFC", str(value))
+    # Bytes that are not UTF-8 (a Latin-1 name from an old archive) cannot be
+    # written on Windows/SMB shares nor encoded as UTF-8: they become "_".
+    text = unicodedata.normalize("NFC", _SURROGATES.sub("_", str(value)))
     text = sanitize_filename(text, replacement_text="_", platform="universal")
     if text and not text.strip("."):  # "." or "..": would eat the extension's dot
         text = "_"
@@ -108,27 +120,43 @@ def _clean_value(value) -> str:
 
 
 def _clean_component(part: str) -> str:
-    part = unicodedata.normalize("NFC", part)
+    part = unicodedata.normalize("NFC", _SURROGATES.sub("_", part))
     part = sanitize_filename(part, replacement_text="_", platform="universal").lstrip(". ")
     return cap_name(part or "_")
 
 
+def name_bytes(text: str) -> int:
+    """Length of `text` in bytes as the file system stores it (UTF-8, undecodable bytes as they were)."""
+    return len(text.encode("utf-8", _FS_ERRORS))
+
+
 def _cut_bytes(text: str, limit: int) -> str:
-    """Cut `text` to at most `limit` UTF-8 bytes without splitting a character."""
-    return text.encode("utf-8")[:limit].decode("utf-8", "ignore")
+    """Cut `text` to at most `limit` bytes (see name_bytes) without splitting a character."""
+    if name_bytes(text) <= limit:
+        return text
+    used = 0
+    for i, char in enumerate(text):
+        used += name_bytes(char)
+        if used > limit:
+            return text[:i]
+    return text
 
 
 def _split_ext(name: str) -> tuple[str, str]:
     stem, dot, ext = name.rpartition(".")
-    if not dot or not stem or len(ext.encode("utf-8")) > _MAX_EXT_BYTES:
+    if not dot or not stem or name_bytes(ext) > _MAX_EXT_BYTES:
         return name, ""
     return stem, "." + ext
 
 
-def cap_name(name: str, extra: str = "") -> str:
-    """`name` with `extra` added before the extension, capped at 255 bytes, extension kept."""
+def cap_name(name: str, extra: str = "", limit: int = MAX_NAME_BYTES) -> str:
+    """`name` with `extra` added before the extension, at most `limit` bytes, extension kept.
+
+    `name` may hold undecodable bytes (str from os.fsdecode); they count as one
+    byte each and are kept, so the result still names a file in the same folder.
+    """
     stem, ext = _split_ext(name)
-    budget = MAX_NAME_BYTES - len((extra + ext).encode("utf-8"))
+    budget = limit - name_bytes(extra + ext)
     stem = _cut_bytes(stem, budget).rstrip(" ") or "_"
     return stem + extra + ext
 
@@ -136,6 +164,42 @@ def cap_name(name: str, extra: str = "") -> str:
 def numbered_name(name: str, n: int) -> str:
     """``photo.jpg`` -> ``photo (n).jpg``, still within the length limit."""
     return cap_name(name, f" ({n})")
+
+
+def derived_name(name: str, suffix: str) -> str:
+    """The name of a file about `name`: ``photo.jpg`` -> ``photo.jpg.error.txt``, within 255 bytes.
+
+    When `name` + `suffix` is too long, `name`'s stem is shortened and marked
+    with ``~`` and 8 hex digits of its hash (extension and `suffix` kept), so
+    two long names that differ only in their tails (``x… (1).jpg`` and
+    ``x… (2).jpg``) still get different files.
+    """
+    if name_bytes(name + suffix) <= MAX_NAME_BYTES:
+        return name + suffix
+    tag = "~" + hashlib.sha256(name.encode("utf-8", _FS_ERRORS)).hexdigest()[:8]
+    return cap_name(name, tag, MAX_NAME_BYTES - name_bytes(suffix)) + suffix
+
+
+def _escape_char(match: re.Match) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_name(text: str, *, controls: bool = True) -> str:
+    """`text` made safe for UTF-8 reports and JSON, still recognisable.
+
+    Undecodable bytes (surrogates from os.fsdecode) become ``\\xNN``; with
+    `controls`, so do newlines and other control characters, which would
+    otherwise break a line-based report or a terminal.
+    """
+    try:
+        data = text.encode("utf-8", _FS_ERRORS)
+    except UnicodeEncodeError:  # a surrogate that no file name can hold
+        data = text.encode("utf-8", "backslashreplace")
+    text = data.decode("utf-8", "backslashreplace")
+    if controls:
+        text = _CONTROLS.sub(_escape_char, text)
+    return text
 
 
 def output_path(root: Path, template: str, tokens: dict) -> Path:

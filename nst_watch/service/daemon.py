@@ -21,11 +21,14 @@ from ..errors import ConfigError
 from ..jobs import Ledger
 from .intake import Intake
 from .notify import Notifier
-from .status import live_dir, status_line, write_live
+from .status import live_dir, printable, prune_live, status_line, write_live
 
 log = logging.getLogger("nst_watch.daemon")
 
 LOOP_SECONDS = 0.2
+# Loading the engine (torch import, weights, a CUDA context) can take minutes on
+# a cold machine; the "starting" live file promises no update for that long.
+STARTING_STALE_SECONDS = 600.0
 
 
 class Daemon:
@@ -44,8 +47,11 @@ class Daemon:
         self.intake: Intake | None = None
         self.worker = None
         self._live_file: Path | None = None
+        self._live_state = "starting"
         self._last_status = ""
         self._last_tick = 0.0
+        self._refresh_due = False
+        self._view = None
 
     # --- setup -------------------------------------------------------------------------
 
@@ -67,10 +73,13 @@ class Daemon:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(config.ledger_path, lease_seconds=config.service.lease_seconds,
                              max_attempts=config.service.max_attempts)
+        # Files of daemons killed with SIGKILL would otherwise stay forever.
+        prune_live(config.state_dir)
+        self._write_live(stale_after=STARTING_STALE_SECONDS)  # `status` sees it starting
         if self.role in ("run", "work"):
             self._start_worker(config)
         if self.role in ("run", "watch"):
-            self.intake = Intake(config, self.ledger)
+            self.intake = Intake(config, self.ledger, beat=self._beat)
             self.intake.start()
 
     def _start_worker(self, config: Config) -> None:
@@ -82,6 +91,7 @@ class Daemon:
             settings = settings.model_copy(update={"device": self.device})
         darkroom = Darkroom(settings, max_pixels=config.max_pixels)
         self.worker = Worker(config, self.ledger, darkroom)
+        self.worker.on_change = self._refresh_soon  # a finished job leaves status within one loop
         self.worker.start()
         log.info("worker %s ready on %s", self.worker.owner, darkroom.engine.device)
 
@@ -89,11 +99,18 @@ class Daemon:
 
     def serve(self) -> int:
         self._signals()
-        self._open()
+        try:
+            self._open()
+        except BaseException:
+            # A daemon that never got going leaves no "starting" file behind.
+            if self._live_file is not None:
+                self._live_file.unlink(missing_ok=True)
+            raise
         counts = self.ledger.counts()
         self.notifier.ready(status_line(counts, len(self.config.watches)))
         log.info("ready: %s", status_line(counts, len(self.config.watches)))
-        view = self._live_view()
+        self._live_state = "running"
+        view = self._view = self._live_view()
         try:
             while not self.stop_requested:
                 if self.reload_requested:
@@ -114,23 +131,42 @@ class Daemon:
         now = time.monotonic()
         if self.notifier.watchdog_due() and self.healthy():
             self.notifier.watchdog()
-        if now - self._last_tick < 1.0:
+        if now - self._last_tick < 1.0 and not self._refresh_due:
             return
-        self._last_tick = now
-        counts = self.ledger.counts()
-        line = status_line(counts, len(self.config.watches) if self.role != "work" else 0)
+        self._last_tick, self._refresh_due = now, False
+        data = self._write_live()
+        watches = data["watches"]
+        line = status_line(data["counts"], len(self.config.watches) if self.role != "work" else 0,
+                           sum(w["skipped_total"] for w in watches))
         if line != self._last_status:
             self._last_status = line
             self.notifier.status(line)
-        data = {"watches": self.intake.info() if self.intake else [],
-                "worker": self.worker.activity.to_dict() if self.worker else None,
-                "counts": counts, "config": str(self.config_path)}
-        try:
-            self._live_file = write_live(self.config.state_dir, self.role, data)
-        except OSError as exc:
-            log.warning("cannot write the status file in %s: %s", live_dir(self.config.state_dir), exc)
         if view is not None:
             view.update(self._panel(data))
+
+    def _refresh_soon(self) -> None:
+        """From the worker thread: rewrite the live status file at the next loop, not within the second."""
+        self._refresh_due = True
+
+    def _beat(self) -> None:
+        """From inside a long intake pass: keep the live file fresh (no watchdog ping, no panel)."""
+        now = time.monotonic()
+        if now - self._last_tick >= 1.0:
+            self._last_tick = now
+            self._write_live(stale_after=STARTING_STALE_SECONDS if self._live_state == "starting" else None)
+
+    def _write_live(self, *, stale_after: float | None = None) -> dict:
+        """Write this process's live status file; return what was written (before its envelope)."""
+        data = {"state": self._live_state,
+                "watches": self.intake.info() if self.intake else [],
+                "worker": self.worker.activity.to_dict() if self.worker else None,
+                "counts": self.ledger.counts(), "config": str(self.config_path)}
+        try:
+            kwargs = {} if stale_after is None else {"stale_after": stale_after}
+            self._live_file = write_live(self.config.state_dir, self.role, data, **kwargs)
+        except OSError as exc:
+            log.warning("cannot write the status file in %s: %s", live_dir(self.config.state_dir), exc)
+        return data
 
     def healthy(self) -> bool:
         """Observers alive, ledger writable, worker heartbeat fresh: only then ping the watchdog."""
@@ -170,6 +206,10 @@ class Daemon:
         log.info("stopping: no new photos taken")
         if self.intake is not None:
             self.intake.stop()
+        if self._live_file is not None:
+            # The grace period may outlast the usual freshness promise.
+            self._live_state = "stopping"
+            self._write_live(stale_after=self.config.service.grace_seconds + 30)
         if self.worker is not None:
             self.worker.stop(self.config.service.grace_seconds)
         if self._live_file is not None:
@@ -192,14 +232,20 @@ class Daemon:
 
     def _panel(self, data: dict):
         from rich.table import Table
+        from rich.text import Text
 
+        # Text, not str: no rich markup in a path, and printable(): no control characters.
         table = Table(title=f"nst-watch {self.role}", show_header=False, box=None)
         for w in data["watches"]:
-            table.add_row(f"watch {w['name']}", f"{w['input']} -> {w['output']} ({w['mode']}, {w['settling']} settling)")
+            skipped = f", {w['skipped_total']} not taken (nst-watch status)" if w["skipped_total"] else ""
+            table.add_row(Text(printable(f"watch {w['name']}")),
+                          Text(printable(f"{w['input']} -> {w['output']} ({w['mode']}, {w['settling']} settling"
+                                         f"{skipped})")))
         c = data["counts"]
         table.add_row("jobs", ", ".join(f"{k} {v}" for k, v in c.items()))
         worker = data["worker"]
         if worker and worker.get("jobs"):
-            table.add_row("now", f"{', '.join(worker['photos'])} [{worker['preset']}] "
-                                 f"step {worker['step']}/{worker['steps']} loss {worker['loss'] or 0:.4g}")
+            table.add_row("now", Text(printable(f"{', '.join(worker['photos'])} [{worker['preset']}] "
+                                                f"step {worker['step']}/{worker['steps']} "
+                                                f"loss {worker['loss'] or 0:.4g}")))
         return table

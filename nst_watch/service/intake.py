@@ -3,38 +3,118 @@
 Watchdog events are hints, not tasks: the truth is the ledger, fed by events,
 a startup scan and a periodic reconcile scan (inotify overflows are silently
 dropped by watchdog). Nothing here imports torch.
+
+Nothing in a watched folder is dropped silently: every entry whose name
+matches `include` and that was not taken (a directory, empty, a FIFO, a
+symlink, unreadable, ignored by a pattern, outside a preset folder...) is
+kept per watch with its reason, logged once (then at debug level), listed by
+`nst-watch status`, and lstat-ed about once a second so the list shrinks as
+soon as an entry is fixed or removed. What was skipped because of a passing
+state (permissions, a lock, a read error) is looked at again on the next
+event for it, as soon as it changes, and at every reconcile scan.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import os
 import stat
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config, Watch
 from ..jobs import DEAD, DONE, FAILED, Ledger
 from ..photo import clean_temp_files
-from ..watch import DEFAULT_IGNORE, EMPTY, NOT_REGULAR, SYMLINK, FolderWatcher, PathFilter, SettleTracker, scan
-from .identity import file_sha256, preset_hash, size_bucket
+from ..watch import DEFAULT_IGNORE, EMPTY, SYMLINK, FolderWatcher, PathFilter, SettleTracker, scan
+from .identity import preset_hash, size_bucket
 from .originals import finish_original
 
 log = logging.getLogger("nst_watch.intake")
 
-_REJECTED = {
-    SYMLINK: "is a symbolic link; nst-watch does not follow links (copy the photo in instead)",
-    NOT_REGULAR: "is not a regular file (FIFO, device or socket); skipped",
-    EMPTY: "is empty and stayed empty; skipped (copy it again if the transfer failed)",
+# Per watch, `status` lists at most this many entries that were not taken
+# (plus their total): the live status file is rewritten every second and must
+# stay small whatever lands in a folder.
+SKIPPED_SHOWN = 50
+# Entries remembered one by one per watch; beyond this only a count is kept.
+SKIPPED_TRACKED = 100_000
+# Entries lstat-ed per recheck (about once a second), round robin.
+RECHECK_BATCH = 500
+RECHECK_SECONDS = 1.0
+
+_HINTS = {
+    "a symbolic link": "nst-watch does not follow links (copy the photo in instead)",
+    "empty": "skipped (copy it again if the transfer failed)",
+    "a directory": "only files are photos",
 }
 
 
+def _what(mode: int) -> str | None:
+    """What a non-regular entry is, in words for status; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+# (mode, size, mtime_ns, ctime_ns, inode): ctime moves on chmod/chown and on a
+# rename away and back, so a fixed permission or a photo moved back is news.
+def _sig(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (OSError, ValueError):
+        return None
+
+
+class _NotRegular(Exception):
+    def __init__(self, st: os.stat_result):
+        super().__init__(_what(st.st_mode))
+        self.st = st
+
+
+def _hash_regular(path: Path) -> tuple[os.stat_result, str]:
+    """(fstat, sha256) of a regular file, never following a link or blocking on a FIFO.
+
+    The path settled as a regular file, but it may have been replaced since
+    (by a symlink to /etc/shadow, by a FIFO that would block this loop
+    forever): O_NOFOLLOW | O_NONBLOCK and an fstat of what was opened.
+    """
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _NotRegular(st)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotRegular(st)
+        return st, hashlib.file_digest(f, "sha256").hexdigest()
+
+
 @dataclass
-class _Seen:
-    size: int
-    mtime_ns: int
-    inode: int
+class _Skip:
+    """An entry that was not taken, and why."""
+
+    reason: str
+    sig: tuple | None  # when recorded; a change means "look again"
+    since: float  # wall clock, for status
+    retry: bool  # a passing state (read error): every reconcile scan tries it again
 
 
 class _WatchState:
@@ -49,16 +129,32 @@ class _WatchState:
             exclude_dirs=others,
         )
         self.tracker = tracker
-        self.watcher = FolderWatcher(watch.input, self.filter, on_path, polling=watch.polling, name=watch.name)
+        # Files taken, with their signature: a scan re-hashes only what changed.
+        # Popped by watchdog's thread (events), so only ever changed in place.
+        self.seen: dict[Path, tuple] = {}
+        self.skipped: dict[Path, _Skip] = {}  # main thread only
+        self.untracked = 0  # skipped entries beyond SKIPPED_TRACKED: counted, not listed
+        # Ignored names reported by watchdog's thread, handled by the main loop.
+        self.noticed: deque[tuple[Path, str]] = deque(maxlen=10_000)
+        self.scans = 0
+        self.scanned_at: float | None = None
+        self.rechecked = 0.0
+        self.recheck_from = 0
+        self.rescan = False  # a folder that could not be listed changed: scan again soon
+        self.watcher = FolderWatcher(watch.input, self.filter, on_path, polling=watch.polling, name=watch.name,
+                                     on_ignored=lambda path, reason: self.noticed.append((path, reason)))
 
 
 class Intake:
-    def __init__(self, config: Config, ledger: Ledger, *, clock=time.monotonic):
+    def __init__(self, config: Config, ledger: Ledger, *, clock=time.monotonic,
+                 beat: Callable[[], None] | None = None):
         self.config = config
         self.ledger = ledger
         self.clock = clock
+        # Called between files in long passes (a startup scan hashing thousands
+        # of photos) so the daemon can keep its live status file fresh.
+        self.beat = beat or (lambda: None)
         self.states: dict[str, _WatchState] = {}
-        self._seen: dict[Path, _Seen] = {}
         self._last_reconcile = clock()
         self.enqueued = 0
 
@@ -76,7 +172,8 @@ class Intake:
     def _start_watch(self, watch: Watch) -> None:
         self._prepare_folders(watch)
         tracker = SettleTracker(watch.settle_seconds)
-        state = _WatchState(watch, self.config, tracker, lambda path: self._on_event(tracker, path))
+        # `state` is looked up when an event arrives, after it is assigned.
+        state = _WatchState(watch, self.config, tracker, lambda path: self._on_event(state, path))
         self.states[watch.name] = state
         state.watcher.start()
         log.info("watching %s (%s) -> %s [%s]", watch.input, state.watcher.mode or "down", watch.output,
@@ -106,6 +203,11 @@ class Intake:
         for name, watch in new.items():
             if old.get(name) != watch:
                 self._start_watch(watch)
+        # Preset names may have changed: "names no preset" may be wrong now, so
+        # the next recheck judges every listed entry afresh.
+        for state in self.states.values():
+            for skip in state.skipped.values():
+                skip.sig = None
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -117,13 +219,21 @@ class Intake:
             self._last_reconcile = self.clock()
         for state in list(self.states.values()):
             try:
-                if state.watcher.check() or reconcile:
+                if state.watcher.check() or reconcile or state.rescan:
+                    state.rescan = False
                     self._scan(state)
+                elif self.clock() - state.rechecked >= RECHECK_SECONDS:
+                    self._recheck(state)
+                while state.noticed:
+                    path, reason = state.noticed.popleft()
+                    self._skip(state, path, reason, _lstat(path), level=logging.INFO)
                 for result in state.tracker.poll():
-                    if result.ok:
-                        self._ready(state, result.path)
-                    else:
-                        log.warning("%s %s", result.path, _REJECTED.get(result.kind, result.kind))
+                    # One file's trouble must not lose the others polled with it.
+                    try:
+                        self._settled(state, result)
+                    except Exception as exc:
+                        self._trouble(state, result.path, exc)
+                    self.beat()
             except Exception:
                 log.exception("watch %s: error while processing events; continuing", state.watch.name)
         return self.enqueued - before
@@ -135,74 +245,234 @@ class Intake:
         return sum(s.tracker.pending() for s in self.states.values())
 
     def info(self) -> list[dict]:
+        """Per watch, for the live status file: mode, settling, scans, and what was not taken (bounded)."""
         return [
             {"name": s.watch.name, "input": str(s.watch.input), "output": str(s.watch.output),
-             "mode": s.watcher.mode or "down", "settling": s.tracker.pending()}
+             "mode": s.watcher.mode or "down", "settling": s.tracker.pending(),
+             "scans": s.scans, "scanned": s.scanned_at,
+             # The oldest first: a stable list, not one that jumps every second.
+             "skipped": sorted(({"path": str(path), "reason": skip.reason, "since": skip.since}
+                                for path, skip in itertools.islice(s.skipped.items(), SKIPPED_SHOWN)),
+                               key=lambda e: e["path"]),
+             "skipped_total": len(s.skipped) + s.untracked}
             for s in self.states.values()
         ]
 
-    def _on_event(self, tracker: SettleTracker, path: Path) -> None:
+    def _on_event(self, state: _WatchState, path: Path) -> None:
         """Watchdog thread: a file appeared or changed. Cheap, never raises.
 
         An event is news even for a path seen before (a failed photo moved back
         keeps its inode and mtime), so it clears what scans deduplicate on.
         """
-        self._seen.pop(Path(path), None)
-        tracker.forget(path)
-        tracker.touch(path)
+        state.seen.pop(Path(path), None)
+        state.tracker.forget(path)
+        state.tracker.touch(path)
+
+    def _settled(self, state: _WatchState, result) -> None:
+        if result.ok:
+            self._ready(state, result.path)
+        elif result.kind == EMPTY:
+            self._skip(state, result.path, "empty", _lstat(result.path))
+        else:
+            what = _what(result.mode) or ("a symbolic link" if result.kind == SYMLINK else "not a regular file")
+            self._skip(state, result.path, what, _lstat(result.path))
+
+    # --- not taken ---------------------------------------------------------------------
+
+    def _skip(self, state: _WatchState, path: Path, reason: str, st: os.stat_result | None, *,
+              retry: bool = False, level: int = logging.WARNING) -> None:
+        """Record an entry that was not taken; log it once (later repeats at debug level)."""
+        old = state.skipped.get(path)
+        said = old is not None and old.reason == reason
+        if old is None and len(state.skipped) >= SKIPPED_TRACKED:
+            if not state.untracked:
+                log.warning("watch %s: more than %d entries not taken; status counts the rest, -v logs them",
+                            state.watch.name, SKIPPED_TRACKED)
+            state.untracked += 1
+            level = logging.DEBUG
+        else:
+            state.skipped[path] = _Skip(reason, None if st is None else _sig(st),
+                                        old.since if said else time.time(), retry)
+        hint = _HINTS.get(reason, "will look again when it changes" if retry else "")
+        if reason.startswith(("a ", "an ", "empty", "not ")):
+            message = f"{path} is {reason}"
+        else:
+            message = f"{path}: {reason}"
+        log.log(logging.DEBUG if said else level, "%s%s", message, f"; {hint}" if hint else "")
+
+    def _trouble(self, state: _WatchState, path: Path, exc: Exception) -> None:
+        """An unexpected error on one file: list it, try it at the next scan, traceback once."""
+        if isinstance(exc, UnicodeEncodeError):  # sqlite3 stores text as UTF-8 only
+            reason = "cannot queue: the name is not valid UTF-8 and the ledger cannot store it (rename it)"
+        else:
+            reason = f"cannot queue: {exc}"
+        old = state.skipped.get(path)
+        if old is None or old.reason != reason:
+            log.error("%s: cannot queue it; will look again at the next scan", path,
+                      exc_info=None if isinstance(exc, UnicodeEncodeError) else exc)
+        state.tracker.unreport(path)
+        self._skip(state, path, reason, _lstat(path), retry=True, level=logging.DEBUG)
+
+    def _recheck(self, state: _WatchState) -> None:
+        """lstat entries not taken: gone -> off the list; changed (fixed?) -> look again.
+
+        Round robin over at most RECHECK_BATCH entries, so thousands of junk
+        files cost a bounded amount of work per second.
+        """
+        state.rechecked = self.clock()
+        paths = list(state.skipped)
+        if not paths:
+            return
+        first = state.recheck_from % len(paths)
+        batch = paths[first:first + RECHECK_BATCH]
+        state.recheck_from = first + len(batch)
+        for path in batch:
+            skip = state.skipped.get(path)
+            if skip is None:
+                continue
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                del state.skipped[path]
+                continue
+            except OSError:
+                continue  # cannot even lstat it now: keep it listed as it was
+            if _sig(st) != skip.sig:
+                self._look_again(state, path, st)
+
+    def _look_again(self, state: _WatchState, path: Path, st: os.stat_result) -> None:
+        """A listed entry changed: settle it afresh (it stays listed until the verdict)."""
+        skip = state.skipped.get(path)
+        if skip is not None and skip.reason.startswith("cannot list"):
+            skip.sig = _sig(st)
+            state.rescan = True  # the folder's permissions changed: list it again now
+            return
+        reason = self._static_reason(state, path, st)
+        if reason is not None:
+            self._skip(state, path, reason, st)  # same reason: updates the signature, logs at debug
+            return
+        if skip is not None:
+            skip.sig = _sig(st)
+        state.seen.pop(path, None)
+        state.tracker.unreport(path)
+        state.tracker.touch(path)
+
+    def _static_reason(self, state: _WatchState, path: Path, st: os.stat_result | None) -> str | None:
+        """Why `path` can never be taken as it is, judged from its name, place and type alone."""
+        pattern = state.filter.ignored_by(path)
+        if pattern is not None:
+            return f"ignored by pattern {pattern!r}"
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            return "a directory"
+        return self._route(state.watch, path)[1]
 
     # --- scanning --------------------------------------------------------------------
 
     def _scan(self, state: _WatchState, *, startup: bool = False) -> None:
-        """Catch up with files the events missed.
+        """Catch up with files the events missed, and rebuild the list of what was not taken.
 
         At startup, a regular file untouched for the settle window is taken at
         once, so the photos already waiting are queued before READY=1; fresher
-        files go through the settle tracker like any event.
+        files go through the settle tracker like any event. An entry skipped
+        for a passing reason (unreadable) is tried again; entries that are
+        gone drop off the status list and out of the taken-files memory.
         """
         now = time.time()
-        for path in scan(state.watch.input, state.filter):
+        visited: set[Path] = set()
+        state.untracked = 0  # recounted by this scan
+
+        def on_skip(path: Path, reason: str) -> None:
+            visited.add(path)
+            self._skip(state, path, reason, _lstat(path), retry=reason.startswith("cannot"),
+                       level=logging.INFO if reason.startswith("ignored") else logging.WARNING)
+
+        for path in scan(state.watch.input, state.filter, on_skip):
+            visited.add(path)
             try:
                 st = os.lstat(path)
-            except OSError:
+            except FileNotFoundError:
                 continue
-            if self._unchanged(path, st):
+            except OSError as exc:
+                self._skip(state, path, f"cannot read: {exc.strerror or exc}", None, retry=True)
+                continue
+            sig = _sig(st)
+            if state.seen.get(path) == sig:
+                continue  # taken, unchanged
+            skip = state.skipped.get(path)
+            if skip is not None and not skip.retry and skip.sig == sig:
+                continue  # known, unchanged: nothing new to say
+            if skip is not None:
+                state.tracker.unreport(path)  # a passing state, or changed: judge it afresh
+            route_problem = self._route(state.watch, path)[1]
+            if route_problem is not None:
+                self._skip(state, path, route_problem, st)  # no need to settle or hash it
                 continue
             old_enough = now - st.st_mtime >= state.watch.settle_seconds
             if startup and stat.S_ISREG(st.st_mode) and st.st_size > 0 and old_enough:
                 self._ready(state, path)
+                self.beat()
             else:
                 state.tracker.touch(path)
-
-    def _unchanged(self, path: Path, st: os.stat_result) -> bool:
-        seen = self._seen.get(path)
-        return seen is not None and (seen.size, seen.mtime_ns, seen.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+        # Whatever the scan did not meet is gone (or inside a folder it could
+        # not list, which is listed itself).
+        for path in [p for p in state.skipped if p not in visited]:
+            del state.skipped[path]
+        for path in [p for p in list(state.seen) if p not in visited]:
+            state.seen.pop(path, None)
+        state.scans += 1
+        state.scanned_at = time.time()
 
     # --- routing ---------------------------------------------------------------------
 
-    def _presets_for(self, watch: Watch, path: Path) -> list[str]:
+    def _route(self, watch: Watch, path: Path) -> tuple[list[str], str | None]:
+        """(presets for `path`, None), or ([], why it fits no preset). Path work only."""
         if watch.presets is not None:
-            return list(watch.presets)
+            return list(watch.presets), None
         parts = path.relative_to(watch.input).parts
         if len(parts) < 2:
-            log.warning("%s: with route: subfolders, drop photos into a preset folder (%s)", path,
-                        ", ".join(f"{watch.input}/{p}/" for p in sorted(self.config.presets)))
-            return []
+            return [], ("outside a preset folder (route: subfolders; drop photos into "
+                        f"{', '.join(f'{p}/' for p in sorted(self.config.presets))})")
         if parts[0] not in self.config.presets:
-            log.warning("%s: no preset named %r (folder %s); skipped", path, parts[0], parts[0])
-            return []
-        return [parts[0]]
+            return [], f"in folder {parts[0]!r}, which names no preset (route: subfolders)"
+        return [parts[0]], None
 
     def _ready(self, state: _WatchState, path: Path) -> None:
         watch = state.watch
-        try:
-            st = os.lstat(path)
-            sha = file_sha256(path)
-        except OSError as exc:
-            log.warning("%s: cannot read (%s); will look again at the next scan", path, exc)
+        presets, problem = self._route(watch, path)
+        if problem is not None:
+            self._skip(state, path, problem, _lstat(path))
             return
-        self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, st.st_ino)
-        presets = self._presets_for(watch, path)
+        try:
+            st, sha = _hash_regular(path)
+        except _NotRegular as exc:
+            self._skip(state, path, str(exc), exc.st)
+            return
+        except FileNotFoundError:
+            state.skipped.pop(path, None)  # gone: nothing to take, nothing to list
+            return
+        except OSError as exc:
+            # A passing state (permissions, a lock, an I/O error on a share): the
+            # tracker must judge it afresh on the next event, change or scan.
+            state.tracker.unreport(path)
+            found = _lstat(path)
+            what = None if found is None else _what(found.st_mode)
+            if what is not None and not stat.S_ISDIR(found.st_mode):
+                self._skip(state, path, what, found)  # replaced by a link or FIFO meanwhile
+            else:
+                self._skip(state, path, f"cannot read: {exc.strerror or exc}", found, retry=True)
+            return
+        try:
+            self._enqueue(state, path, sha, presets)
+        except Exception as exc:
+            # The ledger refused it (locked, disk full, a name it cannot store):
+            # not taken, so listed, and tried again at the next scan.
+            self._trouble(state, path, exc)
+            return
+        state.skipped.pop(path, None)
+        state.seen[path] = _sig(st)
+
+    def _enqueue(self, state: _WatchState, path: Path, sha: str, presets: list[str]) -> None:
+        watch = state.watch
         created_any = False
         for name in presets:
             preset = self.config.presets[name]

@@ -3,33 +3,74 @@
 Every running daemon/worker writes `state_dir/live/<role>-<pid>.json` about
 once a second; `nst-watch status` reads those and the ledger, so it works
 while the daemon runs, from any shell, without talking to it.
+
+A live file only counts while its process is there: a daemon killed with
+SIGKILL leaves its file behind, so a file whose pid is gone (or belongs to a
+newer process: the start time is recorded) or whose `updated` is older than
+the `stale_after` it promised is not listed, and `running` says whether any
+process is left. The ledger is the truth about jobs: a worker's report of
+the job it is on is shown only while the ledger still has that job leased.
+
+File names are hostile input (newlines, ANSI escapes, bytes that are not
+UTF-8): everything shown goes through `printable`, everything written as
+JSON through `jsonable`, so one job is one table row and JSON stays valid.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import socket
 import time
+import unicodedata
+from functools import lru_cache
 from pathlib import Path
 
-from ..jobs import Ledger
+from ..jobs import LEASED, Ledger
+
+# The daemon rewrites its file about once a second; a file older than this
+# (unless it promised otherwise, as while loading the model) is a dead one.
+STALE_SECONDS = 15.0
 
 
 def live_dir(state_dir: Path) -> Path:
     return state_dir / "live"
 
 
-def write_live(state_dir: Path, role: str, data: dict) -> Path:
+@lru_cache(maxsize=8)
+def _own_start(pid: int) -> int | None:
+    return proc_start(pid)
+
+
+def proc_start(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot, Linux /proc); tells a reused pid apart. None if unknown."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            data = f.read()
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        return int(data[data.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def write_live(state_dir: Path, role: str, data: dict, *, stale_after: float = STALE_SECONDS) -> Path:
+    """Atomically replace this process's live file (tmp + rename: readers never see half a file)."""
     folder = live_dir(state_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{role}-{os.getpid()}.json"
+    pid = os.getpid()
+    path = folder / f"{role}-{pid}.json"
     tmp = folder / f".{path.name}.tmp"
-    tmp.write_text(json.dumps({**data, "pid": os.getpid(), "role": role, "updated": time.time()}))
+    record = {**data, "pid": pid, "role": role, "host": socket.gethostname(), "start": _own_start(pid),
+              "updated": time.time(), "stale_after": stale_after}
+    tmp.write_text(json.dumps(jsonable(record)), encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
 def pid_alive(pid: int) -> bool:
+    if pid <= 0:  # kill(0) and kill(-1) signal process groups: never "alive" here
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -39,29 +80,180 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _gone(data: dict, now: float) -> bool:
+    """True when a live file's writer is dead, replaced by another process, or silent too long."""
+    try:
+        pid = int(data["pid"])
+        updated = float(data["updated"])
+        stale_after = float(data.get("stale_after") or STALE_SECONDS)
+    except (KeyError, TypeError, ValueError):
+        return True
+    if not math.isfinite(updated) or now - updated > stale_after:
+        return True
+    if data.get("host", socket.gethostname()) != socket.gethostname():
+        return False  # another machine sharing the state dir: only its freshness can be judged
+    if not pid_alive(pid):
+        return True
+    start, current = data.get("start"), proc_start(pid)
+    return start is not None and current is not None and current != start
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_live(state_dir: Path) -> list[dict]:
+    """The live files of processes that are still there (see the module docstring)."""
     processes = []
     folder = live_dir(state_dir)
     if not folder.is_dir():
         return processes
+    now = time.time()
     for path in sorted(folder.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
+        data = _load(path)
+        if data is None or _gone(data, now):
             continue
-        data["alive"] = pid_alive(int(data.get("pid", 0)))
-        data["age"] = round(time.time() - float(data.get("updated", 0)), 1)
+        data["alive"] = True
+        data["age"] = round(now - float(data["updated"]), 1)
         processes.append(data)
     return processes
 
 
+def prune_live(state_dir: Path) -> int:
+    """Remove live files left by dead processes of this machine (SIGKILL, power cut); how many."""
+    folder = live_dir(state_dir)
+    removed = 0
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for path in folder.glob("*.json"):
+        data = _load(path)
+        if data is None or data.get("host", socket.gethostname()) != socket.gethostname():
+            continue
+        try:
+            pid = int(data.get("pid", 0))
+        except (TypeError, ValueError):
+            continue
+        if pid == os.getpid() or not _gone({**data, "updated": now}, now):
+            continue
+        try:
+            path.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def jsonable(value):
+    """`value` made safe for strict JSON: text as valid Unicode, no NaN/Infinity.
+
+    Names that are not UTF-8 arrive as lone surrogates (os.fsdecode); strict
+    parsers reject those even as \\u escapes, so each undecodable byte
+    becomes the text \\xNN. Non-finite floats (a NaN loss) become null.
+    """
+    if isinstance(value, str):
+        return _valid_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_valid_text(str(k)): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return _valid_text(os.fsdecode(value))
+    if isinstance(value, os.PathLike):
+        return _valid_text(os.fspath(value))
+    return value
+
+
+def _valid_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that did not come from undecodable bytes
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Bidirectional overrides and isolates can make "gpj.exe" read as "exe.jpg".
+_BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(value) -> str:
+    """`value` as one line of inert text for a terminal: control characters escaped.
+
+    A newline would split a table row, an ANSI escape would recolour or move
+    the cursor of whoever runs `status`; they are shown as \\n, \\x1b.
+    Bytes that are not UTF-8 show as \\xNN. Other text is left alone.
+    """
+    text = _valid_text(value if isinstance(value, str) else str(value))
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif ch in _BIDI or unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def snapshot(state_dir: Path, ledger: Ledger, *, recent: int = 10, failures: int = 20) -> dict:
-    return {
+    """Everything `status` shows, JSON-ready (see `jsonable`)."""
+    processes = read_live(state_dir)
+    for process in processes:
+        _trust_the_ledger(process, ledger)
+    watches = [w for p in processes for w in (p.get("watches") or []) if isinstance(w, dict)]
+    skipped = [{"watch": w.get("name"), **entry} for w in watches for entry in (w.get("skipped") or [])
+               if isinstance(entry, dict)]
+    return jsonable({
+        "running": bool(processes),
+        "state_dir": str(state_dir),
         "counts": ledger.counts(),
-        "processes": read_live(state_dir),
+        "processes": processes,
+        "skipped": skipped,
+        "skipped_total": sum(int(w.get("skipped_total") or 0) for w in watches),
         "recent": [_job_view(j) for j in ledger.recent(recent)],
         "failures": [_job_view(j) for j in ledger.failures(failures)],
-    }
+    })
+
+
+def _trust_the_ledger(process: dict, ledger: Ledger) -> None:
+    """Drop from a worker's report the jobs the ledger no longer has leased to it.
+
+    The report is up to a second old: a job finished since (`done:` in the
+    log) must not show as running.
+    """
+    worker = process.get("worker")
+    if not isinstance(worker, dict) or not worker.get("jobs"):
+        return
+    owner, jobs, photos = worker.get("owner"), list(worker["jobs"]), list(worker.get("photos") or [])
+    held = []
+    for i, job_id in enumerate(jobs):
+        try:
+            job = ledger.get(int(job_id))
+        except (TypeError, ValueError):
+            job = None
+        if job is not None and job.state == LEASED and (owner is None or job.lease_owner == owner):
+            held.append(i)
+    if len(held) == len(jobs):
+        return
+    worker["jobs"] = [jobs[i] for i in held]
+    worker["photos"] = [photos[i] for i in held if i < len(photos)]
+    if not held:
+        worker.update(preset=None, step=0, steps=0, loss=None, started=None)
 
 
 def _job_view(job) -> dict:
@@ -71,34 +263,53 @@ def _job_view(job) -> dict:
     }
 
 
-def status_line(counts: dict, watches: int) -> str:
-    """The one-line STATUS= for systemd."""
-    return (f"{watches} watches, {counts.get('pending', 0)} pending, {counts.get('leased', 0)} running, "
+def status_line(counts: dict, watches: int, skipped: int = 0) -> str:
+    """The one-line STATUS= for systemd (numbers only: no file name can break the datagram)."""
+    line = (f"{watches} watches, {counts.get('pending', 0)} pending, {counts.get('leased', 0)} running, "
             f"{counts.get('done', 0)} done, {counts.get('failed', 0) + counts.get('dead', 0)} failed")
+    return line + (f", {skipped} not taken" if skipped else "")
 
 
 def render(snap: dict):
-    """A rich renderable of a snapshot: counts, processes, recent jobs, failures."""
+    """A rich renderable of a snapshot: daemon, counts, processes, entries not taken, recent jobs, failures.
+
+    Every cell is a `Text` of `printable(...)`: neither rich markup nor
+    control characters in a file name reach the terminal.
+    """
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
+    parts = []
+    if not snap.get("running"):
+        parts.append(Text(f"No nst-watch daemon is running (no live status in "
+                          f"{printable(live_dir(Path(snap.get('state_dir', '.'))))}); "
+                          f"jobs below are from the ledger.", style="bold yellow"))
     counts = Table(title="jobs", show_header=True)
     for state in ("pending", "leased", "done", "failed", "dead"):
         counts.add_column(state, justify="right")
     counts.add_row(*(str(snap["counts"].get(s, 0)) for s in ("pending", "leased", "done", "failed", "dead")))
-    parts = [counts]
+    parts.append(counts)
     if snap["processes"]:
         procs = Table(title="processes")
         for col in ("role", "pid", "state", "watches / job"):
-            procs.add_column(col)
+            procs.add_column(col, overflow="fold")
         for p in snap["processes"]:
-            state = "running" if p["alive"] else "gone"
-            detail = ", ".join(f"{w['name']} ({w['mode']})" for w in p.get("watches", []))
+            detail = ", ".join(f"{w.get('name')} ({w.get('mode')})" for w in p.get("watches") or [])
             worker = p.get("worker") or {}
             if worker.get("jobs"):
-                detail += f" job {worker['jobs']} {worker.get('preset')} step {worker.get('step')}/{worker.get('steps')}"
-            procs.add_row(p["role"], str(p["pid"]), state, detail)
+                detail += (f" job {', '.join(map(str, worker['jobs']))} {worker.get('preset')} "
+                           f"step {worker.get('step')}/{worker.get('steps')}: {', '.join(worker.get('photos') or [])}")
+            elif p.get("role") in ("run", "work"):
+                detail += " idle" if detail else "idle"
+            procs.add_row(*(Text(printable(v)) for v in (p.get("role"), p.get("pid"), p.get("state", "running"),
+                                                         detail)))
         parts.append(procs)
+    if snap.get("skipped"):
+        rows = [(e.get("watch"), e.get("path"), e.get("reason")) for e in snap["skipped"]]
+        more = int(snap.get("skipped_total") or 0) - len(rows)
+        parts.append(_table("not taken", ("watch", "entry", "reason"), rows,
+                            caption=f"and {more} more (see the log)" if more > 0 else None))
     job_columns = ("id", "state", "preset", "photo")
     if snap["recent"]:
         parts.append(_table("recent", job_columns + ("output",),
@@ -113,12 +324,13 @@ def _job_row(job: dict) -> tuple[str, ...]:
     return str(job["id"]), job["state"], job["preset"], Path(job["source"]).name
 
 
-def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]):
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple], caption: str | None = None):
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title)
+    table = Table(title=title, caption=caption)
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(printable("" if cell is None else cell)) for cell in row))
     return table

@@ -11,10 +11,11 @@ photo gets exactly one output per preset.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import signal
 import socket
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,28 +23,46 @@ from pathlib import Path
 
 from ..config import Config, Preset, Watch
 from ..darkroom import EXTENSIONS, Darkroom
-from ..errors import EngineError, PhotoError
+from ..errors import EngineError, PhotoError, PresetError
+from ..faults import fault as _fault
 from ..jobs import Job, Ledger
 from ..photo import load_photo
-from ..photo.atomic import fsync_dir, publish
-from ..photo.naming import numbered_name
+from ..photo.atomic import TEMP_PREFIX, fsync_dir, publish
+from ..photo.naming import derived_name, numbered_name
 from .identity import preset_hash
 from .originals import finish_original
 from .status import pid_alive
 
 log = logging.getLogger("nst_watch.worker")
 
-FAULT_ENV = "NST_WATCH_FAULT"  # test hook: die with SIGKILL at a named point of a job's life
-
-
-def _fault(point: str) -> None:
-    if point in os.environ.get(FAULT_ENV, "").split(","):
-        log.warning("fault injection: SIGKILL at %r", point)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class Cancelled(Exception):
     """Raised from the progress callback to abandon a batch (shutdown past its grace)."""
+
+
+# The environment's faults: they may pass, so a job hit by one is retried.
+# Anything else (a bad photo, a bad preset, a bug) recurs identically.
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EIO, errno.EAGAIN, errno.EBUSY,
+                     errno.ETIMEDOUT, errno.EMFILE, errno.ENFILE, errno.ESTALE, errno.EINTR, errno.ENETDOWN,
+                     errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNRESET}
+
+
+def transient(exc: BaseException) -> bool:
+    """True for faults of the environment that a retry may get past: memory, disk, network, a busy ledger."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
+        return True  # CUDA and CPU allocators say so in a plain RuntimeError
+    if isinstance(exc, sqlite3.OperationalError):
+        return True  # locked or busy
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+
+
+def describe(exc: BaseException) -> str:
+    """An error for the ledger and status: what it was, and whether retrying can help."""
+    if transient(exc):
+        return f"{type(exc).__name__}: {exc} (will be retried)"
+    return (f"internal error, {type(exc).__name__}: {exc}. It would recur on retry: please report it with "
+            "the log; `nst-watch retry` once nst-watch is fixed")
 
 
 @dataclass
@@ -81,6 +100,7 @@ class Worker:
         self.stopping = threading.Event()  # finish the current batch, claim no more
         self.cancel = threading.Event()  # abandon the current batch now
         self.heartbeat_at = time.monotonic()
+        self.on_change = None  # called (from the worker thread) when a job finishes, to refresh status at once
         self._thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------
@@ -129,11 +149,12 @@ class Worker:
                 continue
             try:
                 self.process(jobs)
-            except Exception:
-                # Never let one batch kill the worker; the ledger retries the jobs.
+            except Exception as exc:
+                # Never let one batch kill the worker. Only the environment's
+                # faults are retried: a bug would fail the same way again.
                 log.exception("unexpected error in a batch of %d job(s)", len(jobs))
                 for job in jobs:
-                    self._fail(job, "internal error (see the log)", permanent=False)
+                    self._fail(job, describe(exc), permanent=not transient(exc))
             finally:
                 self.activity.jobs, self.activity.photos, self.activity.preset = [], [], None
 
@@ -146,6 +167,11 @@ class Worker:
             for job in jobs:
                 self._fail(job, f"preset {job.preset!r} is no longer in the config; restore it, then "
                                 "run `nst-watch retry`", permanent=True)
+            return
+        try:
+            self.darkroom.style_images(preset)
+        except PresetError as exc:
+            self._hold(jobs, str(exc))
             return
         current = preset_hash(preset)
         todo = []
@@ -166,9 +192,19 @@ class Worker:
             return
         self._stylize_and_publish(todo)
 
+    def _hold(self, jobs: list[Job], reason: str) -> None:
+        """The preset is broken, not the photos: the jobs wait, photos in place, until it is fixed."""
+        # They look again at the pace of the reconcile scan, so a fixed preset needs no restart.
+        every = self.config.service.reconcile_seconds
+        released = self.ledger.release(self.owner, [j.id for j in jobs], reason=reason, delay=every)
+        log.error("%s; %d job(s) wait, their photos untouched, and run once it is fixed (checked every %.0fs)",
+                  reason, released, every)
+
     def _load(self, job: Job):
+        preset = self.config.presets[job.preset]
         try:
             photo = load_photo(job.source_path, max_pixels=self.config.max_pixels)
+            self.darkroom.check_fits(photo, preset)
         except PhotoError as exc:
             self._fail(job, str(exc), permanent=exc.permanent)
             return None
@@ -194,22 +230,21 @@ class Worker:
             released = self.ledger.release(self.owner, [j.id for j in jobs])
             log.info("released %d job(s) for the next start", released)
             return
-        except EngineError as exc:
-            for job in jobs:
-                self._fail(job, str(exc), permanent=True)
+        except PresetError as exc:  # a style image changed under us
+            self._hold(jobs, str(exc))
             return
-        except MemoryError as exc:
+        except Exception as exc:  # noqa: BLE001 - sorted into retry / fail below
+            log.error("the engine failed on %d photo(s): %s", len(jobs), exc, exc_info=not transient(exc))
             for job in jobs:
-                self._fail(job, f"out of memory: {exc}", permanent=False)
-            return
-        except RuntimeError as exc:  # CUDA out-of-memory and friends: may pass
-            for job in jobs:
-                self._fail(job, f"engine error: {exc}", permanent=False)
+                self._fail(job, describe(exc), permanent=not transient(exc))
             return
         finally:
             beat.stop()
         for (job, photo, watch, effective), result in zip(todo, results):
-            self._publish(job, photo, result, effective, watch)
+            if isinstance(result, EngineError):
+                self._fail(job, str(result), permanent=True)
+            else:
+                self._publish(job, photo, result, effective, watch)
 
     def _progress(self, event) -> None:
         self.heartbeat_at = time.monotonic()
@@ -224,35 +259,51 @@ class Worker:
     def _staged(self, job: Job, preset: Preset) -> Path:
         return Path(job.output_dir) / f".nst-stage-job{job.id}.{EXTENSIONS[preset.output.format]}"
 
+    @staticmethod
+    def _leftovers(job: Job, staged: Path) -> tuple[Path, ...]:
+        """Files an attempt of `job` writes before publishing: the staged result, its sidecar, their temp files."""
+        folder = staged.parent
+        return (staged, staged.with_name(derived_name(staged.name, ".json")),
+                folder / f"{TEMP_PREFIX}job{job.id}", folder / f"{TEMP_PREFIX}job{job.id}-json")
+
     def _publish(self, job: Job, photo, result, preset: Preset, watch: Watch | None) -> None:
         staged = self._staged(job, preset)
         template = watch.template if watch else "{stem}-{preset}.{ext}"
         collision = watch.collision if watch else "suffix"
+        dest = None
         try:
             dest = self.darkroom.dest_for(photo, preset, result, Path(job.output_dir), template)
-            self.darkroom.save(photo, result, preset, dest=staged, collision="overwrite")
+            # Named temp files: a kill mid-write leaves files the next attempt knows as its own.
+            self.darkroom.save(photo, result, preset, dest=staged, collision="overwrite", temp=f"job{job.id}")
             _fault("staged")
             final = self._link(job, staged, dest, collision)
         except PhotoError as exc:
-            _remove(staged, staged.with_name(staged.name + ".json"))
+            _remove(*self._leftovers(job, staged))
             self.ledger.plan_output(self.owner, job.id, None)  # nothing of ours carries that name
-            self._fail(job, str(exc), permanent=exc.permanent)
+            # The user knows the photo and the output name, not our staging name.
+            target = dest.name if dest is not None else "its output"
+            fix = f" ({exc.fix})" if exc.fix else ""
+            self._fail(job, f"{photo.path}: writing {target} into {job.output_dir} failed: {exc.reason}{fix}",
+                       permanent=exc.permanent)
             return
-        self._complete(job, final)
+        self._complete(job, final, f" ({result.iterations} iterations, {result.seconds:.0f} s)")
 
     def _link(self, job: Job, staged: Path, dest: Path, collision: str) -> Path | None:
         """Publish `staged` under `dest` (or a free variant); the ledger learns the name first."""
         if collision == "overwrite":
             self.ledger.plan_output(self.owner, job.id, dest)
+            side = staged.with_name(derived_name(staged.name, ".json"))
+            if side.exists():
+                os.replace(side, dest.with_name(derived_name(dest.name, ".json")))
             os.replace(staged, dest)
             fsync_dir(dest.parent)
-            return self._sidecar(staged, dest)
+            return dest
         for n in range(0, 100_000):
             final = dest if n == 0 else dest.with_name(numbered_name(dest.name, n))
             if os.path.lexists(final):
                 if collision == "skip":
                     log.info("%s exists; skipped (collision: skip)", final)
-                    _remove(staged, staged.with_name(staged.name + ".json"))
+                    _remove(staged, staged.with_name(derived_name(staged.name, ".json")))
                     return None
                 continue
             self.ledger.plan_output(self.owner, job.id, final)
@@ -274,9 +325,9 @@ class Worker:
         Safe before complete(): with the name planned in the ledger and the
         staging name gone, a restarted attempt knows `final` is its own.
         """
-        side = staged.with_name(staged.name + ".json")
+        side = staged.with_name(derived_name(staged.name, ".json"))
         if side.exists():
-            os.replace(side, final.with_name(final.name + ".json"))
+            os.replace(side, final.with_name(derived_name(final.name, ".json")))
         _remove(staged)
         return final
 
@@ -284,6 +335,7 @@ class Worker:
         """Finish a job whose previous attempt published (or staged) before dying."""
         staged = self._staged(job, preset)
         planned = Path(job.output_path) if job.output_path else None
+        _remove(*self._leftovers(job, staged)[2:])  # temp files of a write that was killed
         if planned is not None and planned.exists():
             ours = (staged.exists() and os.path.samefile(staged, planned)) or not staged.exists()
             if ours:
@@ -302,26 +354,37 @@ class Worker:
             self._complete(job, final)
             return True
         # Staged but never named: the name depends on the photo, so start over.
-        _remove(staged, staged.with_name(staged.name + ".json"))
+        _remove(*self._leftovers(job, staged))
         return False
 
-    def _complete(self, job: Job, final: Path | None) -> None:
+    def _complete(self, job: Job, final: Path | None, detail: str = "") -> None:
         if not self.ledger.complete(self.owner, job.id, final):
             log.warning("job %d: lease lost before completion; another worker owns it now", job.id)
             return
         _fault("completed")
+        self._finished(job)
         self.activity.done += 1
-        log.info("done: %s [%s] -> %s", job.source_path, job.preset, final or "(skipped: exists)")
+        log.info("done: %s [%s] -> %s%s", job.source_path, job.preset, final or "(skipped: exists)", detail)
         self._finish_original(job)
 
     def _fail(self, job: Job, error: str, *, permanent: bool) -> None:
         state = self.ledger.fail(self.owner, job.id, error, permanent=permanent)
         if state is None:
             return
+        self._finished(job)
         self.activity.failed += 1
         log.error("job %d (%s, preset %s) %s: %s", job.id, job.source_path, job.preset,
                   "failed" if state != "pending" else "will be retried", error)
         self._finish_original(job)
+
+    def _finished(self, job: Job) -> None:
+        """Take a job that is no longer ours off the activity shown in status."""
+        if job.id in self.activity.jobs:
+            index = self.activity.jobs.index(job.id)
+            self.activity.jobs = self.activity.jobs[:index] + self.activity.jobs[index + 1:]
+            self.activity.photos = self.activity.photos[:index] + self.activity.photos[index + 1:]
+        if self.on_change is not None:
+            self.on_change()
 
     def _finish_original(self, job: Job) -> None:
         watch = self.config.watch(job.watch) if job.watch else None

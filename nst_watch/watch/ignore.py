@@ -121,6 +121,56 @@ class PathFilter:
             return False
         return True
 
+    def ignored_by(self, path: str | os.PathLike[str]) -> str | None:
+        """The first ignore pattern that rejects `path` (any component), or None.
+
+        For status: "ignored by pattern '._*'" tells the operator which rule
+        to change; the combined regex in `accepts` cannot say which one matched.
+        """
+        parts = self._parts(path)
+        if not parts or self._ignore_re is None:
+            return None
+        for part in parts:
+            if self._is_ignored_name(part):
+                return next((p for p in self.ignore if re.match(fnmatch.translate(p), part, re.IGNORECASE)), None)
+        return None
+
+    def passed_over(self, path: str | os.PathLike[str]) -> str | None:
+        """The ignore pattern that turns a would-be photo away by its own name (`._IMG.jpg`), else None.
+
+        Only for a file whose name matches `include` and that the watch would
+        otherwise see: files inside an ignored folder (`@eaDir/`) or below a
+        flat watch are litter the scan never visits, so they are not reported.
+        """
+        parts = self._parts(path)
+        if not parts or not self.wants_name(path) or not self._is_ignored_name(parts[-1]):
+            return None
+        if len(parts) > 1 and (not self.recursive or any(self._is_ignored_name(p) for p in parts[:-1])):
+            return None
+        return self.ignored_by(path)
+
+    def wants_name(self, path: str | os.PathLike[str]) -> bool:
+        """True if the last component matches an explicit `include` pattern (disk untouched).
+
+        With no include patterns every name would match, so nothing is "wanted"
+        by name alone: a folder called `2024` must not be reported as a photo.
+        """
+        if self._include_re is None:
+            return False
+        try:
+            name = os.path.basename(os.fspath(path))
+        except TypeError:
+            return False
+        return self._include_re.match(name) is not None
+
+    def reports_dir(self, path: str | os.PathLike[str]) -> bool:
+        """True for a directory the scan will not enter but whose name says photo (`y.jpg/`).
+
+        Such a folder can never become a job, and it is not silently dropped
+        either: the daemon lists it in `status` as "a directory".
+        """
+        return self.wants_name(path) and self._parts(path) is not None and not self.accepts_dir(path)
+
     def accepts_dir(self, path: str | os.PathLike[str]) -> bool:
         """True if a scan should descend into directory `path` (recursive watches only).
 

@@ -35,7 +35,11 @@ logger = logging.getLogger(__name__)
 ObserverFactory = Callable[[], BaseObserver]
 
 
-def scan(root: str | os.PathLike[str], path_filter: PathFilter) -> Iterator[Path]:
+def scan(
+    root: str | os.PathLike[str],
+    path_filter: PathFilter,
+    on_skip: Callable[[Path, str], None] | None = None,
+) -> Iterator[Path]:
     """Yield every non-directory entry under `root` that `path_filter` accepts.
 
     Uses os.scandir (one syscall per directory, no per-file stat on Linux),
@@ -47,6 +51,13 @@ def scan(root: str | os.PathLike[str], path_filter: PathFilter) -> Iterator[Path
     Never raises OSError: an unreadable folder is logged and skipped, a
     missing root yields nothing (FolderWatcher.check() reports that once).
     Names are sorted per folder so files are queued in a predictable order.
+
+    `on_skip(path, reason)` hears about what the scan passes over although
+    its name matches `include`, so the daemon can show it in `status`
+    instead of dropping it silently: "ignored by pattern '._*'", "a
+    directory" (one not descended into, e.g. `y.jpg/`) and, for any folder,
+    "cannot list: <reason>". With `on_skip` the caller reports unlistable
+    folders (once), so the scan logs them at debug level only.
     """
     stack = [Path(os.path.abspath(root))]
     while stack:
@@ -58,7 +69,11 @@ def scan(root: str | os.PathLike[str], path_filter: PathFilter) -> Iterator[Path
             logger.debug("scan: %s is missing", directory)
             continue
         except OSError as exc:
-            logger.warning("scan: cannot list %s: %s", directory, exc)
+            if on_skip is None:
+                logger.warning("scan: cannot list %s: %s", directory, exc)
+            else:
+                logger.debug("scan: cannot list %s: %s", directory, exc)
+                on_skip(directory, f"cannot list: {exc.strerror or exc}")
             continue
         subdirs: list[Path] = []
         for entry in entries:
@@ -66,8 +81,13 @@ def scan(root: str | os.PathLike[str], path_filter: PathFilter) -> Iterator[Path
             if _is_real_dir(entry):
                 if path_filter.accepts_dir(path):
                     subdirs.append(path)
+                elif on_skip is not None and path_filter.reports_dir(path):
+                    pattern = path_filter.ignored_by(path)
+                    on_skip(path, f"ignored by pattern {pattern!r}" if pattern else "a directory")
             elif path_filter.accepts(path):
                 yield path
+            elif on_skip is not None and (pattern := path_filter.passed_over(path)) is not None:
+                on_skip(path, f"ignored by pattern {pattern!r}")
         stack.extend(reversed(subdirs))  # depth-first, alphabetical
 
 
@@ -87,22 +107,31 @@ class _Handler(FileSystemEventHandler):
     `SettleTracker.touch`), inside a try/except that logs and never raises.
     """
 
-    def __init__(self, path_filter: PathFilter, on_path: Callable[[Path], None], name: str) -> None:
+    def __init__(self, path_filter: PathFilter, on_path: Callable[[Path], None], name: str,
+                 on_ignored: Callable[[Path, str], None] | None = None) -> None:
         super().__init__()
         self._filter = path_filter
         self._on_path = on_path
+        self._on_ignored = on_ignored
         self._name = name
 
     def _forward(self, event: FileSystemEvent, raw_path: bytes | str) -> None:
         try:
             # Directory events are ignored: a recursive watch reports the files
             # inside a folder moved in as their own created events, and the
-            # reconcile scan covers anything that slips through.
-            if event.is_directory or not raw_path:
+            # reconcile scan covers anything that slips through. The exception
+            # is a folder named like a photo (`y.jpg/`) that no scan enters:
+            # the settle tracker rejects it, so status can say what it is.
+            if not raw_path:
                 return
             path = os.fsdecode(raw_path)
-            if self._filter.accepts(path):
+            if event.is_directory:
+                if self._filter.reports_dir(path) and self._filter.accepts(path):
+                    self._on_path(Path(path))
+            elif self._filter.accepts(path):
                 self._on_path(Path(path))
+            elif self._on_ignored is not None and (pattern := self._filter.passed_over(path)) is not None:
+                self._on_ignored(Path(path), f"ignored by pattern {pattern!r}")
         except Exception:  # noqa: BLE001 - see class docstring
             logger.exception("watch %s: handler failed on %r", self._name, event)
 
@@ -115,6 +144,11 @@ class _Handler(FileSystemEventHandler):
     def on_closed(self, event: FileSystemEvent) -> None:
         # FileClosedEvent: close after write (inotify only). Never fires for a
         # file renamed into place, hence on_moved below.
+        self._forward(event, event.src_path)
+
+    def on_attrib(self, event: FileSystemEvent) -> None:
+        # chmod, chown, touch (inotify IN_ATTRIB): a photo that could not be
+        # read may be readable now. Content is unchanged, so nothing else fires.
         self._forward(event, event.src_path)
 
     def on_moved(self, event: FileSystemEvent) -> None:
@@ -139,6 +173,11 @@ class FolderWatcher:
     `Observer`, inotify on Linux); tests pass one that raises to exercise the
     fallback.
 
+    `on_ignored(path, reason)`, if given, hears about files whose name
+    matches `include` but an ignore pattern rejects (`._IMG.jpg`), on the
+    watchdog thread like `on_path`, so they can be reported without waiting
+    for the next scan.
+
     Call `check()` from the daemon's loop every few seconds: it restarts a
     dead observer and re-establishes the watch after the folder was deleted
     and recreated (or replaced), returning True when the caller should run a
@@ -155,6 +194,7 @@ class FolderWatcher:
         poll_interval: float = 1.0,
         name: str = "",
         observer_factory: ObserverFactory | None = None,
+        on_ignored: Callable[[Path, str], None] | None = None,
     ) -> None:
         if polling not in (True, False, "auto"):
             raise ValueError(f"polling must be True, False or 'auto', got {polling!r}")
@@ -166,7 +206,7 @@ class FolderWatcher:
         self.poll_interval = poll_interval
         self.name = name or str(self.root)
         self._observer_factory = observer_factory or Observer
-        self._handler = _Handler(path_filter, on_path, self.name)
+        self._handler = _Handler(path_filter, on_path, self.name, on_ignored)
         self._lock = threading.RLock()
         self._observer: BaseObserver | None = None
         self._mode: Literal["inotify", "polling"] | None = None

@@ -3,9 +3,9 @@
 A watchdog event is only a hint that a path changed: `on_created` fires
 before a copy finishes, and some writers give no usable event at all. The
 tracker keeps the set of candidate paths and, when the caller polls it,
-`os.lstat`s each one. A file is ready once its (size, mtime_ns, inode, dev)
-has stayed unchanged for `settle_seconds` and no new event arrived for it in
-that window.
+`os.lstat`s each one. A file is ready once its (size, mtime_ns, inode, dev,
+ctime_ns) has stayed unchanged for `settle_seconds` and no new event arrived
+for it in that window.
 
 Files are never opened here: opening a FIFO blocks forever, and opening a
 file that another client is writing on an SMB share can break that client.
@@ -20,9 +20,16 @@ silently.
 
 A path that was already reported is not reported again while its signature
 is unchanged, so late events and reconcile scans do not produce duplicate
-jobs. A changed file (new content under the same name) is reported again.
-Call `forget(path)` when the daemon moves a file away so that the same file
-moved back is treated as new.
+jobs. A changed file (new content under the same name) is reported again,
+and so is one whose metadata changed: the signature holds ctime, which
+chmod/chown and a rename away and back (on Linux file systems) bump, so a
+photo made readable, or moved back, counts as news.
+
+"Reported" is not "taken": when the consumer could not use a report (the
+file was unreadable, locked, a read failed) it must call `unreport(path)`, or
+the next scan's touch would be dropped here as a late duplicate and the file
+never looked at again while the daemon runs. Call `forget(path)` too when
+the daemon moves a file away, so that the same file moved back is new.
 """
 
 from __future__ import annotations
@@ -44,8 +51,8 @@ SYMLINK = "symlink"
 NOT_REGULAR = "not-regular"
 EMPTY = "empty"
 
-# (size, mtime_ns, inode, dev): what must stay still for a file to count as settled.
-Signature = tuple[int, int, int, int]
+# (size, mtime_ns, inode, dev, ctime_ns): what must stay still for a file to count as settled.
+Signature = tuple[int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +62,8 @@ class Ready:
     `kind` is "ready" for a file to process; otherwise the rejection reason
     ("symlink", "not-regular", "empty"). size/mtime_ns/inode/dev come from the
     `os.lstat` that decided the outcome, so the daemon can later check that
-    the file it opens is still the one that settled.
+    the file it opens is still the one that settled; `mode` (st_mode) says
+    what a "not-regular" entry is (directory, FIFO, socket, device).
     """
 
     path: Path
@@ -64,6 +72,8 @@ class Ready:
     mtime_ns: int
     inode: int
     dev: int
+    mode: int = 0
+    ctime_ns: int = 0
 
     @property
     def ok(self) -> bool:
@@ -82,7 +92,7 @@ class _Candidate:
 
 
 def _signature(st: os.stat_result) -> Signature:
-    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
 def _key(path: str | os.PathLike[str]) -> str:
@@ -140,6 +150,16 @@ class SettleTracker:
             self._candidates.pop(key, None)
             self._reported.pop(key, None)
 
+    def unreport(self, path: str | os.PathLike[str]) -> None:
+        """Forget only that `path` was reported: the consumer could not take it.
+
+        The next touch then judges it afresh even if nothing about it changed
+        (a lock released, a share back). A candidate already waiting again
+        (an event raced in) keeps its settle window.
+        """
+        with self._lock:
+            self._reported.pop(_key(path), None)
+
     def pending(self) -> int:
         """How many paths are still waiting to settle."""
         with self._lock:
@@ -190,23 +210,23 @@ class SettleTracker:
             del self._candidates[key]  # already reported and unchanged: a late event
             return None
         if stat.S_ISLNK(st.st_mode):
-            return self._finish(key, sig, SYMLINK)
+            return self._finish(key, sig, SYMLINK, st.st_mode)
         if not stat.S_ISREG(st.st_mode):
-            return self._finish(key, sig, NOT_REGULAR)
+            return self._finish(key, sig, NOT_REGULAR, st.st_mode)
         if sig != candidate.sig:
             candidate.sig = sig
             candidate.stable_since = max(candidate.stable_since, now)
             return None
         if now - candidate.stable_since < self.settle_seconds:
             return None
-        return self._finish(key, sig, EMPTY if st.st_size == 0 else READY)
+        return self._finish(key, sig, EMPTY if st.st_size == 0 else READY, st.st_mode)
 
-    def _finish(self, key: str, sig: Signature, kind: str) -> Ready:
+    def _finish(self, key: str, sig: Signature, kind: str, mode: int) -> Ready:
         """Drop the candidate, remember what was reported, build the record."""
         del self._candidates[key]
         self._reported[key] = sig
         self._reported.move_to_end(key)
         while len(self._reported) > self._remember:
             self._reported.popitem(last=False)
-        size, mtime_ns, inode, dev = sig
-        return Ready(Path(key), kind, size, mtime_ns, inode, dev)
+        size, mtime_ns, inode, dev, ctime_ns = sig
+        return Ready(Path(key), kind, size, mtime_ns, inode, dev, mode, ctime_ns)

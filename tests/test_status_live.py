@@ -1,0 +1,189 @@
+"""`nst-watch status` tells the truth: whether a daemon runs, no ghosts, no finished job shown running,
+and no file name can break its table, its JSON, the live status file or the sd_notify STATUS= line.
+
+Real daemon processes, real signals (SIGKILL included), the real ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon_kit import Studio, photo, wait_until
+from nst_watch.service.status import printable, proc_start
+from test_service import NotifySocket
+
+pytestmark = pytest.mark.slow
+
+
+def nst(*args, columns: int = 300):
+    return subprocess.run([sys.executable, "-m", "nst_watch", *map(str, args)], capture_output=True,
+                          timeout=120, env={**os.environ, "COLUMNS": str(columns)})
+
+
+def strict_json(raw: bytes):
+    """Parse as a strict consumer would: UTF-8, no NaN/Infinity, no lone surrogates anywhere."""
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    data = json.loads(raw.decode("utf-8"), parse_constant=refuse)
+
+    def walk(value):
+        if isinstance(value, str):
+            value.encode("utf-8")  # raises on a lone surrogate
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(k)
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(data)
+    return data
+
+
+def status(studio) -> dict:
+    result = nst("status", "-c", studio.config, "--json")
+    assert result.returncode == 0, result.stderr
+    return strict_json(result.stdout)
+
+
+def table(studio) -> str:
+    result = nst("status", "-c", studio.config)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode("utf-8")
+
+
+def live_files(studio) -> list[Path]:
+    return sorted((studio.root / "state" / "live").glob("*.json"))
+
+
+def test_status_says_no_daemon_runs_and_forgets_killed_ones(tmp_path):
+    studio = Studio(tmp_path, presets=("a",))
+    snap = status(studio)
+    assert snap["running"] is False and snap["processes"] == []
+    assert "No nst-watch daemon is running" in table(studio)
+
+    daemon = studio.start(role="watch").wait_ready()
+    wait_until(lambda: status(studio)["running"], what="status to see the daemon")
+    assert "No nst-watch daemon is running" not in table(studio)
+    [process] = status(studio)["processes"]
+    assert process["pid"] == daemon.proc.pid and process["state"] == "running"
+
+    daemon.kill()  # SIGKILL: no chance to remove its live file
+    [left] = live_files(studio)
+    snap = status(studio)
+    assert snap["running"] is False and snap["processes"] == []
+    assert "No nst-watch daemon is running" in table(studio)
+
+    # The pid reused by an unrelated process: still gone (its start time differs).
+    stranger = subprocess.Popen(["sleep", "120"])
+    try:
+        record = json.loads(left.read_text())
+        left.write_text(json.dumps({**record, "pid": stranger.pid}))
+        assert status(studio)["running"] is False
+        # Even the very same process, if it stopped updating its file long ago, is not listed as running.
+        stale = tmp_path / "state" / "live" / f"watch-{stranger.pid}.json"
+        stale.write_text(json.dumps({**record, "pid": stranger.pid, "start": proc_start(stranger.pid),
+                                     "updated": record["updated"] - 3600}))
+        assert status(studio)["running"] is False
+
+        # The next daemon clears what dead ones left behind.
+        daemon = studio.start(role="watch").wait_ready()
+        try:
+            wait_until(lambda: status(studio)["running"], what="status to see the new daemon")
+            assert not left.exists()
+            assert [p["pid"] for p in status(studio)["processes"]] == [daemon.proc.pid]
+        finally:
+            assert daemon.stop() == 0
+    finally:
+        stranger.kill()
+        stranger.wait()
+    assert live_files(studio) == [] or all("watch-" in p.name for p in live_files(studio))
+    assert status(studio)["running"] is False
+
+
+def test_a_finished_job_is_never_shown_running(tmp_path):
+    studio = Studio(tmp_path, presets=("a",), service={"batch": 1})
+    daemon = studio.start().wait_ready()
+    try:
+        for i in range(4):
+            photo(studio.inbox / f"shot{i}.jpg", seed=i)
+        checked = set()
+        while len(checked) < 4:
+            finished = re.findall(r"done: (\S+) \[a\]", daemon.log)
+            new = [f for f in finished if f not in checked]
+            if not new:
+                wait_until(lambda: len(re.findall(r"done: ", daemon.log)) > len(checked), what="next done: line")
+                continue
+            snap = status(studio)  # right after the `done:` line
+            ids = {j.id for j in studio.jobs() if j.source_path in new}
+            shown = {job for p in snap["processes"] for job in (p.get("worker") or {}).get("jobs", [])}
+            assert not ids & shown, f"finished job(s) {ids & shown} shown as running"
+            checked.update(new)
+    finally:
+        assert daemon.stop() == 0
+
+
+HOSTILE = [
+    "new\nline.jpg",
+    "esc\x1b[31mred\x1b[0m.jpg",
+    "[bold]markup[red]not red.jpg",  # rich markup, were it printed as markup
+    "bidi\u202egpj.exe.jpg",
+    "tab\tbell\x07cr\r.jpg",
+]
+NOT_UTF8 = os.fsdecode(b"caf\xe9-latin1.jpg")
+
+
+def test_hostile_file_names_cannot_break_status(tmp_path):
+    studio = Studio(tmp_path, presets=("a",), service={"batch": 1})
+    notify = NotifySocket(tmp_path / "notify.sock")
+    daemon = studio.start(env={"NOTIFY_SOCKET": str(notify.path)})
+    try:
+        notify.wait_for("READY=1")
+        for i, name in enumerate(HOSTILE + [NOT_UTF8]):
+            photo(studio.inbox / name, seed=i)
+        seen_live = []
+
+        def settled():
+            seen_live.extend(p.read_bytes() for p in live_files(studio))
+            return status(studio)["counts"]["done"] == len(HOSTILE) + 1
+
+        wait_until(settled, timeout=120, what="every photo done")
+        snap = status(studio)
+        seen_live.extend(p.read_bytes() for p in live_files(studio))
+    finally:
+        assert daemon.stop() == 0
+
+    # --json: one valid object; the real names survive for scripts (bytes that are not UTF-8 as \\xNN text).
+    assert {Path(j["source"]).name for j in snap["recent"]} == set(HOSTILE) | {"caf\\xe9-latin1.jpg"}
+    # The live status file: strict JSON every time it was read.
+    assert seen_live
+    for raw in seen_live:
+        strict_json(raw)
+    # The table: no control character reaches the terminal, each job is one row with its name escaped.
+    text = table(studio)
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u202e]", text), repr(text)
+    lines = text.splitlines()
+    for name in HOSTILE:
+        shown = printable(name)
+        assert "\\" in shown or name.startswith("[")
+        assert sum(shown in line for line in lines) == 1, (shown, text)
+    assert sum("caf\\xe9-latin1.jpg" in line for line in lines) == 1, text
+    # sd_notify: every datagram is KEY=VALUE lines, STATUS= numbers only.
+    messages = notify.drain()
+    assert any(m.startswith("STATUS=") for m in messages)
+    for message in messages:
+        for line in message.split("\n"):
+            assert re.fullmatch(r"[A-Z_]+=[^\x00-\x1f]*", line), repr(message)
+            if line.startswith("STATUS="):
+                assert re.fullmatch(r"STATUS=\d+ watches, \d+ pending, \d+ running, \d+ done, \d+ failed"
+                                    r"(, \d+ not taken)?", line), line
