@@ -176,7 +176,7 @@ def _preset_overrides(ctx: click.Context, values: dict) -> dict:
 @click.option("--weights", help="VGG19 weights: caffe (bundled original) | torchvision | caffe:PATH | PATH | "
               "random (tests only).", show_default=EngineSettings().weights)
 @click.option("--device", help="auto | cpu | cuda | cuda:N.", show_default=EngineSettings().device)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), show_default=EngineSettings().precision,
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp64"]), show_default=EngineSettings().precision,
               help="auto: bf16 convolutions on CUDA, fp32 on CPU.")
 @click.option("--batch", default=4, show_default=True, help="Photos optimised together (same output size only).")
 @click.option("--json", "as_json", is_flag=True, help="Print one record per photo as JSON on stdout.")

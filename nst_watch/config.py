@@ -181,7 +181,7 @@ class EngineSettings(_Strict):
         description="caffe (bundled original VGG19) | torchvision | caffe:PATH | PATH to a .pth with torchvision "
         "key names | random[:SEED] (tests only)",
     )
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"
     pooling: Literal["max", "avg"] = "max"
     padding: Literal["replicate", "zeros"] = "replicate"
 

@@ -26,6 +26,7 @@ from ..config import EngineSettings, Preset, deepest, min_edge
 from ..errors import EngineError
 from . import color
 from .lbfgs import BatchedLBFGS
+from .tiled import TiledObjective
 from .losses import ContentLoss, LayerSum, Scale, StyleLoss, TVLoss, blend_grams, gram_matrix, layer_weights
 from .vgg import FeatureExtractor, build_features
 from .weights import load_weights
@@ -209,7 +210,10 @@ class Engine:
         loaded = load_weights(weights, progress=download_progress)
         self.weights = loaded
         self.preprocess = loaded.preprocess
-        self.features = build_features(loaded.state_dict, pooling=pooling, padding=padding).to(self.device)
+        # fp64 exists to check exactness (the tiled objective against the untiled one): float32
+        # rounding flips max-pooling argmaxes and moves gradients by ~1e-3 either way.
+        self.dtype = torch.float64 if precision == "fp64" else torch.float32
+        self.features = build_features(loaded.state_dict, pooling=pooling, padding=padding).to(self.device, self.dtype)
         # bf16 convolutions only where the hardware runs them fast: on CPUs
         # without AVX512-BF16/AMX, PyTorch emulates them ~100x slower than fp32.
         self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
@@ -261,7 +265,7 @@ class Engine:
             # 200x150 both give 256x192): each is resized to the output size
             # first, and every coarser scale is taken from that.
             hw = fit_long_edge(*contents[indices[0]].shape[-2:], preset.size)
-            batch = torch.cat([resize(contents[i].to(self.device, torch.float32)[None], hw) for i in indices])
+            batch = torch.cat([resize(contents[i].to(self.device, self.dtype)[None], hw) for i in indices])
             for i, result in zip(indices, self._run(batch, preset, styles, progress)):
                 results[i] = result
         return results  # type: ignore[return-value]
@@ -281,14 +285,64 @@ class Engine:
         """Per image, the weighted (content, style, TV) terms whose sum `objective` returns."""
         values = []
         for image, content in zip(images, contents):
-            image = image.to(self.device, torch.float32)[None]
-            content = resize(content.to(self.device, torch.float32)[None], tuple(image.shape[-2:]))
+            image = image.to(self.device, self.dtype)[None]
+            content = resize(content.to(self.device, self.dtype)[None], tuple(image.shape[-2:]))
             objective, _ = self._setup_scale(content, preset, styles, max(image.shape[-2:]), None)
             x = color.luminance(image) if preset.color == "luminance" else image
             with torch.no_grad():
                 terms = objective(x, autocast=False)
             values.append((float(terms.content[0]), float(terms.style[0]), float(terms.tv[0])))
         return values
+
+    def objective_gradient(self, image: torch.Tensor, content: torch.Tensor, preset: Preset,
+                           styles: Sequence[torch.Tensor], *, tile: int | None = None
+                           ) -> tuple[tuple[float, float, float], torch.Tensor]:
+        """The weighted (content, style, TV) terms at `image` and the gradient of their sum.
+
+        `image` is [3, H, W] (or [1, H, W] for colour: luminance), `content`
+        the photo [3, h, w], resized to the image's size. With `tile` (px, a
+        multiple of the deepest layer's stride: 16 for relu5_1) the objective
+        is computed tile by tile (nst_watch.engine.tiled), exactly; without,
+        in one pass. Evaluated without autocast (float32, or float64 with
+        precision="fp64"), for comparisons.
+        Returns the gradient on the CPU, shaped like `image`.
+        """
+        image = image.to(self.device, self.dtype)[None]
+        content = resize(content.to(self.device, self.dtype)[None], tuple(image.shape[-2:]))
+        if tile is None:
+            objective, _ = self._setup_scale(content, preset, styles, max(image.shape[-2:]), None)
+            leaf = image.clone().requires_grad_(True)
+            terms = objective(leaf, autocast=False)
+            terms.total.sum().backward()
+            values = tuple(float(t[0].detach()) for t in (terms.content, terms.style, terms.tv))
+            return values, leaf.grad[0].cpu()
+        tiled = self._tiled_objective(content, preset, styles, max(image.shape[-2:]), tile, autocast=False)
+        terms, gradient = tiled.terms_and_gradient(image)
+        return (terms.content, terms.style, terms.tv), gradient[0].cpu()
+
+    def _tiled_objective(self, content: torch.Tensor, preset: Preset, styles, edge: int, tile: int, *,
+                         autocast: bool) -> TiledObjective:
+        """The objective of `_setup_scale` for one photo [1, 3, H, W], computed in tiles of `tile` px."""
+        layers = list(preset.content_layers) + list(preset.style_layers)
+        luminance = preset.color == "luminance"
+        return TiledObjective(
+            FeatureExtractor(self.features, layers, self.preprocess),
+            color.luminance(content) if luminance else content,
+            content_layers=preset.content_layers,
+            style_layers=preset.style_layers,
+            grams=self._style_targets(FeatureExtractor(self.features, layers, self.preprocess),
+                                      preset, styles, edge, content),
+            layer_weights=layer_weights(preset.style_layers, preset.style_layer_weights),
+            content_weight=preset.content_weight,
+            style_weight=preset.style_weight,
+            tv_weight=preset.tv_weight,
+            render=_gray_to_rgb if luminance else _identity,
+            tile=tile,
+            device=self.device,
+            dtype=self.dtype,
+            autocast=autocast,
+            channels_last=self.channels_last,
+        )
 
     def cache_clear(self) -> None:
         self._targets.clear()
@@ -448,7 +502,7 @@ class Engine:
     def _blended_grams(self, extractor, preset, styles, edge, content) -> dict[str, torch.Tensor]:
         per_style = []
         for style in styles:
-            style = style.to(self.device, torch.float32)[None]
+            style = style.to(self.device, self.dtype)[None]
             style = resize(style, self._style_size(style.shape[-2:], preset, edge))
             if preset.color == "histogram":
                 style = color.match_color(style, content)

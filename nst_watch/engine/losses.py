@@ -46,10 +46,15 @@ class _Gram(torch.autograd.Function):
         return torch.bmm(symmetric, flat)
 
 
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """`t` in float32, or float64 if it already is (the engine's fp64 precision, for exactness checks)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """Gram matrices of [N, C, H, W] features -> [N, C, C], normalised by H*W.
 
-    Always float32, whatever autocast says: fp16 Grams overflow and bf16 ones
+    Always float32 (or float64 for float64 features), whatever autocast says: fp16 Grams overflow and bf16 ones
     are too coarse near convergence (FIELD_NOTES section 1). Normalising by
     H*W (Gatys' own code) makes a Gram independent of image size, so a style
     target computed at one size serves content of another.
@@ -57,7 +62,7 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     n, c, h, w = features.shape
     with torch.autocast(features.device.type, enabled=False):
         # A view for both memory formats: channels_last merges H and W too.
-        flat = features.float().reshape(n, c, h * w)
+        flat = wide(features).reshape(n, c, h * w)
         return _Gram.apply(flat) / (h * w)
 
 
@@ -72,10 +77,10 @@ class ContentLoss(nn.Module):
 
     def __init__(self, target: torch.Tensor):
         super().__init__()
-        self.register_buffer("target", target.detach().float())
+        self.register_buffer("target", wide(target.detach()))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return _normalised_mse(features.float(), self.target)
+        return _normalised_mse(wide(features), self.target)
 
 
 class StyleLoss(nn.Module):
@@ -88,7 +93,7 @@ class StyleLoss(nn.Module):
         super().__init__()
         if target_gram.dim() == 2:
             target_gram = target_gram.unsqueeze(0)
-        self.register_buffer("target", target_gram.detach().float())
+        self.register_buffer("target", wide(target_gram.detach()))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         gram = gram_matrix(features)

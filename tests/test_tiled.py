@@ -1,0 +1,104 @@
+"""The tiled objective (issue 12): exactly the untiled objective and gradient.
+
+Compared in float64 (`precision="fp64"`): in float32, rounding alone flips
+max-pooling argmaxes and moves the untiled gradient by ~1e-3 relative when
+only the memory layout changes, which would hide a real tiling error.
+Random weights: this is arithmetic, not picture quality.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nst_watch.config import Preset
+from nst_watch.engine import Engine
+from nst_watch.engine.tiled import Geometry, tiles
+
+SHALLOW = dict(content_layers=["relu3_1"], style_layers=["relu1_1", "relu2_1", "relu3_1"])
+TERMS = {"content": dict(content_weight=1, style_weight=0, tv_weight=0),
+         "style": dict(content_weight=0, style_weight=5, tv_weight=0),
+         "both": dict(content_weight=1, style_weight=5, tv_weight=5)}
+
+
+@pytest.fixture(scope="module")
+def fp64_engines():
+    return {pooling: Engine(device="cpu", weights="random", precision="fp64", pooling=pooling)
+            for pooling in ("max", "avg")}
+
+
+def pictures(h: int, w: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    content = torch.rand(3, h, w, generator=g)
+    image = (content + 0.1 * torch.randn(3, h, w, generator=g)).clamp(0, 1)
+    return content, image, torch.rand(3, 64, 64, generator=g)
+
+
+def compare(engine, preset, h, w, tile):
+    content, image, style = pictures(h, w)
+    untiled, g0 = engine.objective_gradient(image, content, preset, [style])
+    tiled, g1 = engine.objective_gradient(image, content, preset, [style], tile=tile)
+    return untiled, tiled, g0, g1
+
+
+def assert_same(untiled, tiled, g0, g1, border: int):
+    for a, b in zip(untiled, tiled):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-12)
+    scale = g0.abs().max()
+    error = (g1 - g0).abs() / scale
+    edge = torch.ones_like(error, dtype=torch.bool)
+    edge[:, border:-border, border:-border] = False
+    assert float(error[edge].max()) <= 1e-4, "at the image's edge"
+    assert float(error[~edge].max()) <= 1e-4, "in the interior"
+    assert float(scale) > 0
+
+
+def test_geometry_follows_the_layers_in_use():
+    assert Geometry.of(["relu4_2", "relu5_1"]) == Geometry(halo=80, align=16)
+    assert Geometry.of(["relu4_2"]) == Geometry(halo=40, align=8)  # a shallower preset needs less
+    assert Geometry.of(["relu1_1", "relu2_1", "relu3_1"]) == Geometry(halo=12, align=4)
+    assert Geometry.of(["relu1_1"]) == Geometry(halo=1, align=1)
+
+
+def test_tiles_cover_the_image_once_on_the_pooling_grid():
+    geometry = Geometry.of(["relu5_1"])
+    grid = tiles(100, 70, 32, geometry)
+    owned = torch.zeros(100, 70, dtype=torch.int32)
+    for t in grid:
+        top, bottom, left, right = t.own
+        assert top % 16 == 0 and left % 16 == 0
+        owned[top:bottom, left:right] += 1
+        rtop, rbottom, rleft, rright = t.read
+        assert rtop % 16 == 0 and rleft % 16 == 0
+        assert rtop == max(0, top - 80) and rbottom == min(100, bottom + 80)
+    assert bool((owned == 1).all())
+    with pytest.raises(ValueError, match="multiple of 16"):
+        tiles(100, 70, 24, geometry)
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+@pytest.mark.parametrize("terms", TERMS)
+def test_tiled_equals_untiled_with_many_tiles(fp64_engines, pooling, terms):
+    # Shallow layers (halo 12, align 4): 16 px tiles give 6 x 5 tiles whose
+    # halos end inside the image, at the edge and in the interior.
+    preset = Preset(name="t", styles=["s.png"], size=96, **SHALLOW, **TERMS[terms])
+    assert_same(*compare(fp64_engines[pooling], preset, 72, 96, tile=16), border=12)
+
+
+def test_tiled_equals_untiled_with_the_default_layers(fp64_engines):
+    # relu5_1: halo 80 px, tiles on a 16 px grid; 2 x 2 tiles of a 176 x 192
+    # image still read regions that stop short of the far edges. Max pooling,
+    # whose argmaxes make the gradient the touchier of the two.
+    preset = Preset(name="t", styles=["s.png"], size=192, **TERMS["both"])
+    assert_same(*compare(fp64_engines["max"], preset, 176, 192, tile=96), border=16)
+
+
+def test_luminance_only_objective_is_tiled_exactly(fp64_engines):
+    fp64_engine = fp64_engines["avg"]
+    preset = Preset(name="t", styles=["s.png"], size=96, color="luminance", **SHALLOW, **TERMS["both"])
+    content, image, style = pictures(64, 96, seed=3)
+    gray = image.mean(0, keepdim=True)
+    untiled, g0 = fp64_engine.objective_gradient(gray, content, preset, [style])
+    tiled, g1 = fp64_engine.objective_gradient(gray, content, preset, [style], tile=32)
+    assert g1.shape == (1, 64, 96)
+    assert_same(untiled, tiled, g0, g1, border=12)
