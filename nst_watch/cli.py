@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
@@ -59,6 +60,26 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _size(text: str) -> int | str:
+    """--size: pixels, or full."""
+    if text.strip().lower() == "full":
+        return "full"
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("give a long edge in pixels, or full") from None
+
+
+def _bytes(text: str) -> int:
+    """--max-memory: 1.5GB, 800MB, 2GiB (pydantic's ByteSize)."""
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(text))
+    except ValidationError:
+        raise ValueError("give a size such as 1.5GB, 800MB or 2GiB") from None
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -69,7 +90,7 @@ def _names(text: str) -> list[str]:
 
 # (setting path in the preset, click type or converter, metavar); the flag is the path with dashes.
 _PRESET_FLAGS: list[tuple[str, object, str | None]] = [
-    ("size", int, "PX"),
+    ("size", _size, "PX|full"),
     ("iterations", int, "N"),
     ("style_weight", float, "W"),
     ("content_weight", float, "W"),
@@ -119,6 +140,16 @@ def _setting(path: str):
     return text[:1].upper() + text[1:], default
 
 
+def _convert(converter, ctx, param, value):
+    """A flag's text through its converter; a value it cannot read is a usage error (exit 2) naming the flag."""
+    if value is None:
+        return None
+    try:
+        return converter(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: {exc}") from None
+
+
 def _preset_options(command):
     for path, kind, metavar in reversed(_PRESET_FLAGS):
         help_text, default = _setting(path)
@@ -127,8 +158,7 @@ def _preset_options(command):
             "--" + path.replace("_", "-").replace(".", "-"), path.replace(".", "__"),
             type=str if converter else kind, metavar=metavar, help=help_text or None,
             default=None if default is None else str(default), show_default=default is not None,
-            callback=(lambda ctx, param, value, c=converter: c(value) if value is not None else None)
-            if converter else None,
+            callback=partial(_convert, converter) if converter else None,
         )
         command = option(command)
     for flag, path, _, help_text in reversed(_PRESET_SWITCHES):
@@ -176,14 +206,18 @@ def _preset_overrides(ctx: click.Context, values: dict) -> dict:
 @click.option("--weights", help="VGG19 weights: caffe (bundled original) | torchvision | caffe:PATH | PATH | "
               "random (tests only).", show_default=EngineSettings().weights)
 @click.option("--device", help="auto | cpu | cuda | cuda:N.", show_default=EngineSettings().device)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp64"]), show_default=EngineSettings().precision,
-              help="auto: bf16 convolutions on CUDA, fp32 on CPU.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp64"]),
+              show_default=EngineSettings().precision,
+              help="auto: bf16 convolutions on CUDA, fp32 on CPU; fp64 only to check exactness (slow).")
+@click.option("--max-memory", metavar="SIZE", callback=lambda ctx, param, value: _convert(_bytes, ctx, param, value),
+              help="Peak memory for the engine, e.g. 1.5GB; larger images run in exact tiles.",
+              show_default="80% of free GPU memory, or half the available RAM")
 @click.option("--batch", default=4, show_default=True, help="Photos optimised together (same output size only).")
 @click.option("--json", "as_json", is_flag=True, help="Print one record per photo as JSON on stdout.")
 @_preset_options
 @click.pass_context
 def stylize(ctx, contents, config_path, preset_name, styles, output, out_dir, template, overwrite, weights, device,
-            precision, batch, as_json, **settings):
+            precision, max_memory, batch, as_json, **settings):
     """Stylise CONTENT photos with a preset or with --style images.
 
     Preset settings below override the preset's (or, with --style, the
@@ -217,7 +251,11 @@ def stylize(ctx, contents, config_path, preset_name, styles, output, out_dir, te
         except ConfigError as exc:  # the flags given make an unusable preset
             raise click.UsageError(str(exc).replace("command line: invalid config", "invalid --style or flags")) \
                 from None
-    engine_settings = _engine_settings(config.engine, weights=weights, device=device, precision=precision)
+    try:
+        engine_settings = _engine_settings(config.engine, weights=weights, device=device, precision=precision,
+                                           max_memory=max_memory)
+    except ConfigError as exc:  # e.g. --max-memory lots
+        raise click.UsageError(str(exc)) from None
 
     from .darkroom import Darkroom  # imports torch
 
@@ -356,8 +394,17 @@ def status(config_path: Path, as_json: bool, recent: int) -> None:
     from .service.status import render, snapshot
 
     config = load_config(config_path)
-    with _ledger(config) as ledger:
-        snap = snapshot(config.state_dir, ledger, recent=recent)
+    if config.ledger_path.exists():
+        with _ledger(config) as ledger:
+            snap = snapshot(config.state_dir, ledger, recent=recent)
+    else:
+        # Never run with this config: an empty queue, and no state created (a look must not write).
+        import tempfile
+
+        from .jobs import Ledger
+
+        with tempfile.TemporaryDirectory() as scratch, Ledger(Path(scratch) / "jobs.db") as ledger:
+            snap = snapshot(config.state_dir, ledger, recent=recent)
     if as_json:
         # ASCII with \u escapes is valid in any locale; snapshot() already made all text valid Unicode.
         click.echo(json.dumps(snap, indent=2, ensure_ascii=True, allow_nan=False))

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
 
@@ -102,7 +103,8 @@ class OutputSettings(_Strict):
     format: Literal["jpeg", "png", "webp", "tiff"] = Field("jpeg", description="output file format")
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
     bit_depth: Literal[8, 16] = Field(8, description="bits per channel; 16 needs format tiff")
-    icc: Literal["srgb", "keep"] = Field("srgb", description="srgb, or keep: convert back to the photo's own profile")
+    icc: Literal["srgb", "keep"] = Field(
+        "srgb", description="Embed sRGB (srgb), or convert back to the photo's own profile (keep)")
     strip_gps: bool = Field(False, description="leave the GPS position out of the output's metadata")
     sidecar: bool = Field(False, description="write <output>.json with parameters, hashes and timings")
 
@@ -119,11 +121,13 @@ class Preset(_Strict):
     name: str = "custom"
     styles: list[Annotated[StyleImage, BeforeValidator(_style_from_string)]] = Field(min_length=1)
     style_scale: float = Field(1.0, gt=0, description="style image long edge relative to the output's")
-    size: int = Field(512, ge=16, description="output long edge in pixels")
+    size: Annotated[int, Field(ge=16)] | Literal["full"] = Field(
+        512, description="output long edge in pixels, or full: the photo's own (too big for memory runs in tiles)")
     iterations: int = Field(500, ge=0, description="most iterations at full size (early_stop usually ends sooner)")
     pyramid: Pyramid | None = Pyramid()
     early_stop: EarlyStop | None = EarlyStop()
-    optimizer: Literal["lbfgs", "adam"] = Field("lbfgs", description="lbfgs (as the paper) or adam")
+    optimizer: Literal["lbfgs", "adam"] = Field(
+        "lbfgs", description="L-BFGS as in the paper (lbfgs), or Adam with an iterate average (adam)")
     learning_rate: float = Field(0.02, gt=0, description="Adam step on [0,1] pixels")
     average: float = Field(0.99, ge=0, lt=1, description="decay of the Adam iterate's moving average; 0 = off")
     history_size: int = Field(50, ge=1, description="L-BFGS memory, in steps")
@@ -165,6 +169,10 @@ class Preset(_Strict):
             )
         return self
 
+    def long_edge(self, height: int, width: int) -> int:
+        """The output long edge, in pixels, for a photo of height x width (`size`, or the photo's own for full)."""
+        return max(height, width) if self.size == "full" else self.size
+
     def fingerprint(self) -> str:
         """Hash of everything that changes the output pixels, except the style images' bytes."""
         data = self.model_dump(mode="json", exclude={"name", "output"})
@@ -184,6 +192,9 @@ class EngineSettings(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"
     pooling: Literal["max", "avg"] = "max"
     padding: Literal["replicate", "zeros"] = "replicate"
+    max_memory: ByteSize | None = Field(
+        None, description="peak memory for the engine's work, e.g. 6GB or 1.5GiB; a scale that would need more "
+        "runs in tiles (default: 80% of the GPU's free memory, or half the available RAM on a CPU)")
 
 
 DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.tif", "*.tiff", "*.webp", "*.heic", "*.heif"]
@@ -529,7 +540,7 @@ def resolve_preset(preset: Preset, base: Path, *, source: str, key: str, text: s
         if problem:
             found.append(f"{where}: style image {path} {problem}")
     need = min_edge([*preset.content_layers, *preset.style_layers])
-    if preset.size < need:
+    if preset.size != "full" and preset.size < need:
         layer = deepest([*preset.content_layers, *preset.style_layers])
         found.append(f"{'--size' if key.startswith('--') else key + '.size'}{_at(text, f'{key}.size')}: {preset.size} px is smaller than the {need} px that "
                      f"layer {layer} needs, so no photo could be stylised; raise size to {need} or more")
@@ -569,6 +580,8 @@ def style_size_problem(preset: Preset, size: tuple[int, int]) -> str | None:
     pyramid scales are taken care of by the engine (it enlarges the style
     there), so only the full size matters.
     """
+    if preset.size == "full":  # the size is the photo's: the engine checks each photo
+        return None
     width, height = size
     long_edge = max(1, round(preset.size * preset.style_scale))
     scaled = [max(1, round(e * long_edge / max(width, height))) for e in (width, height)]

@@ -103,7 +103,7 @@ class Darkroom:
         """PhotoError (permanent) when `photo` is too thin for the preset's layers at its size."""
         layers = [*preset.content_layers, *preset.style_layers]
         need = min_edge(layers)
-        out_h, out_w = fit_long_edge(photo.height, photo.width, preset.size)
+        out_h, out_w = fit_long_edge(photo.height, photo.width, preset.long_edge(photo.height, photo.width))
         if min(out_h, out_w) < need:
             raise PhotoError(
                 photo.path, f"{photo.width}x{photo.height} is {out_w}x{out_h} at size {preset.size}, too small for "

@@ -135,6 +135,15 @@ def test_a_missing_style_is_a_usage_error_without_config_talk(tmp_path):
     assert "config" not in result.stderr
 
 
+@pytest.mark.parametrize("flag, value", [("--size", "big"), ("--pyramid-iterations", "10,x"),
+                                         ("--style-layer-weights", "1,heavy"), ("--max-memory", "lots")])
+def test_an_unreadable_flag_value_is_a_usage_error_naming_the_flag(tmp_path, style, flag, value):
+    photo = save(synthetic_photo(40, 60), tmp_path / "photo.jpg")
+    result = nst("stylize", photo, "--style", style, flag, value, *FAST, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert flag in result.stderr and "Traceback" not in result.stderr
+
+
 def test_missing_photos_are_reported_before_the_engine_is_loaded(tmp_path, style):
     # The weights file does not exist either: had the engine loaded first, its error would come first.
     result = nst("stylize", "gone.jpg", "--style", style, "--weights", tmp_path / "no-weights.pth",

@@ -66,6 +66,14 @@ def live_files(studio) -> list[Path]:
     return sorted((studio.root / "state" / "live").glob("*.json"))
 
 
+def test_status_of_a_config_never_run_reports_and_creates_nothing(tmp_path):
+    studio = Studio(tmp_path, presets=("a",))
+    snap = status(studio)
+    assert snap["running"] is False and snap["counts"]["pending"] == 0
+    assert "No nst-watch daemon is running" in table(studio)
+    assert not (studio.root / "state").exists()  # looking writes no ledger
+
+
 def test_status_says_no_daemon_runs_and_forgets_killed_ones(tmp_path):
     studio = Studio(tmp_path, presets=("a",))
     snap = status(studio)

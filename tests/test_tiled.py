@@ -102,3 +102,42 @@ def test_luminance_only_objective_is_tiled_exactly(fp64_engines):
     tiled, g1 = fp64_engine.objective_gradient(gray, content, preset, [style], tile=32)
     assert g1.shape == (1, 64, 96)
     assert_same(untiled, tiled, g0, g1, border=12)
+
+
+def test_a_run_too_big_for_its_memory_is_tiled_and_gives_the_same_picture(fp64_engines):
+    """engine.max_memory: a scale that does not fit runs in tiles, with the same result as untiled."""
+    engine = fp64_engines["max"]
+    content, _, style = pictures(96, 128, seed=5)
+    preset = Preset(name="t", styles=["s.png"], size=128, iterations=10, early_stop=None, pyramid=None, **SHALLOW)
+    [untiled] = engine.stylize([content], preset, [style])
+    assert "tiles" not in untiled.timings
+    work = engine.work_memory
+    try:
+        engine.work_memory = engine.untiled_bytes((96, 128), preset.history_size) // 2
+        [tiled] = engine.stylize([content], preset, [style])
+    finally:
+        engine.work_memory = work
+    assert tiled.timings["tiles"] > 1
+    assert float((tiled.image - untiled.image).abs().max()) <= 1 / 255
+    assert tiled.loss == pytest.approx(untiled.loss, rel=1e-4)
+
+
+def test_max_memory_is_checked_and_a_hopeless_budget_says_what_would_do(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.fromarray((pictures(48, 64)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / "p.png")
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "s.png")
+
+    def stylize(*flags):
+        return subprocess.run([sys.executable, "-m", "nst_watch", "stylize", "p.png", "--style", "s.png",
+                               "--weights", "random", "--size", "64", "--iterations", "2", "-o", "out.png", *flags],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    typo = stylize("--max-memory", "lots")
+    assert typo.returncode == 2 and "--max-memory" in typo.stderr
+    tiny = stylize("--max-memory", "1MB")
+    assert tiny.returncode == 1 and "does not fit engine.max_memory" in tiny.stderr
+    assert "raise max_memory to" in tiny.stderr and not (tmp_path / "out.png").exists()

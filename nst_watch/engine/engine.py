@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
+import os
 import platform
 import sys
 import time
@@ -26,7 +28,7 @@ from ..config import EngineSettings, Preset, deepest, min_edge
 from ..errors import EngineError
 from . import color
 from .lbfgs import BatchedLBFGS
-from .tiled import TiledObjective
+from .tiled import Geometry, TiledObjective
 from .losses import ContentLoss, LayerSum, Scale, StyleLoss, TVLoss, blend_grams, gram_matrix, layer_weights
 from .vgg import FeatureExtractor, build_features
 from .weights import load_weights
@@ -138,6 +140,41 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
+# Bytes per pixel of one untiled float32 iteration to relu5_1 (activations kept for
+# the backward pass, Grams, gradients), and of one L-BFGS history vector (RGB
+# float32): an image of P pixels with history m needs about
+# P * (ACTIVATION_BYTES + (2m + 3) * VECTOR_BYTES). ACTIVATION_BYTES is
+# measured on the CPU: peak RSS over the resident engine, 2.8 KB per pixel at
+# 512 and 1024 px with 3 history pairs (benchmarks/RESULTS.md); bf16 on CUDA
+# needs less.
+ACTIVATION_BYTES = 2800
+VECTOR_BYTES = 12
+STYLE_EDGE = 1024  # see Engine._style_size
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc), or its peak so far elsewhere."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def default_max_memory(device: torch.device) -> int:
+    """80 % of the GPU's free memory, or half the RAM available now on a CPU (4 GB where unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.5)
+    except (ValueError, OSError, AttributeError):
+        return 4 * 10**9
+
+
 def fit_long_edge(height: int, width: int, long_edge: int) -> tuple[int, int]:
     scale = long_edge / max(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))
@@ -189,6 +226,13 @@ class Engine:
 
     >>> engine = Engine(device="auto")  # the bundled original VGG19 (weights="caffe")
     >>> [result] = engine.stylize([photo], preset, styles=[painting])
+
+    `max_memory` (bytes, or a string such as "6GB") bounds the engine's peak
+    memory: on a CPU the whole process's, so what is resident once VGG19 is
+    loaded (`resident`, ~1 GB with torch) comes off the top and the rest is
+    `work_memory`, which may be set directly; on a GPU the device's. Batches
+    are split to fit it, and a scale that does not fit even alone runs in
+    exact tiles (nst_watch.engine.tiled); EngineError when not even tiles fit.
     """
 
     def __init__(
@@ -199,14 +243,17 @@ class Engine:
         pooling: str = "max",
         padding: str = "replicate",
         *,
+        max_memory: int | str | None = None,
         download_progress: bool = True,
         cache_size: int = 64,
         channels_last: bool | None = None,
     ):
         self.settings = EngineSettings(
-            device=device, weights=weights, precision=precision, pooling=pooling, padding=padding
+            device=device, weights=weights, precision=precision, pooling=pooling, padding=padding,
+            max_memory=max_memory,
         )
         self.device = resolve_device(device)
+        self.max_memory = int(self.settings.max_memory or default_max_memory(self.device))
         loaded = load_weights(weights, progress=download_progress)
         self.weights = loaded
         self.preprocess = loaded.preprocess
@@ -234,6 +281,10 @@ class Engine:
         self.style_passes = 0  # style images run through VGG19 (cache misses cost one each)
         self._targets: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
         self._cache_size = cache_size
+        # On a CPU, max_memory bounds the whole process: what is resident now (torch,
+        # VGG19) comes off the top, and the rest is for images, tiles and history.
+        self.resident = resident_bytes() if self.device.type == "cpu" else 0
+        self.work_memory = max(self.max_memory - self.resident, 0)
 
     @classmethod
     def from_settings(cls, settings: EngineSettings, **kwargs) -> "Engine":
@@ -264,10 +315,14 @@ class Engine:
             # Photos of one output size may differ in pixel size (400x300 and
             # 200x150 both give 256x192): each is resized to the output size
             # first, and every coarser scale is taken from that.
-            hw = fit_long_edge(*contents[indices[0]].shape[-2:], preset.size)
-            batch = torch.cat([resize(contents[i].to(self.device, self.dtype)[None], hw) for i in indices])
-            for i, result in zip(indices, self._run(batch, preset, styles, progress)):
-                results[i] = result
+            hw = fit_long_edge(*contents[indices[0]].shape[-2:], preset.long_edge(*contents[indices[0]].shape[-2:]))
+            # size: full is this group's long edge from here on.
+            concrete = preset.model_copy(update={"size": max(hw)}) if preset.size == "full" else preset
+            fits = max(1, self.work_memory // self.untiled_bytes(hw, preset.history_size))
+            for part in (indices[k:k + fits] for k in range(0, len(indices), fits)):
+                batch = torch.cat([resize(contents[i].to(self.device, self.dtype)[None], hw) for i in part])
+                for i, result in zip(part, self._run(batch, concrete, styles, progress)):
+                    results[i] = result
         return results  # type: ignore[return-value]
 
     def objective(self, images: Sequence[torch.Tensor], contents: Sequence[torch.Tensor], preset: Preset,
@@ -320,6 +375,58 @@ class Engine:
         terms, gradient = tiled.terms_and_gradient(image)
         return (terms.content, terms.style, terms.tv), gradient[0].cpu()
 
+    def untiled_bytes(self, hw: tuple[int, int], history: int) -> int:
+        """Estimated peak bytes of one untiled image of hw pixels with an L-BFGS history of `history` pairs."""
+        return hw[0] * hw[1] * (ACTIVATION_BYTES + (2 * history + 3) * VECTOR_BYTES)
+
+    def _tile_for(self, hw: tuple[int, int], preset: Preset) -> tuple[int, int] | None:
+        """(tile px, L-BFGS history) for a scale too big for max_memory in one piece; None where it fits.
+
+        On a CPU the history shares the budget with the tiles and gets at
+        most half of it (a shorter history at the finest scales, where the
+        picture is refined rather than re-invented); on a GPU it lives in the
+        host's RAM. The tile is the largest, on the pooling grid, whose
+        halo-padded square fits what is left.
+        """
+        history = preset.history_size
+        if self.untiled_bytes(hw, history) <= self.work_memory:
+            return None
+        pixels = hw[0] * hw[1]
+        budget = self.work_memory
+        if self.device.type == "cpu":
+            history = min(history, (budget // 2 // (pixels * VECTOR_BYTES) - 3) // 2)
+            budget -= pixels * (2 * history + 3) * VECTOR_BYTES
+        geometry = Geometry.of([*preset.content_layers, *preset.style_layers])
+        side = int(math.sqrt(max(budget, 0) / ACTIVATION_BYTES)) - 2 * geometry.halo
+        tile = side // geometry.align * geometry.align
+        if history < 5 or tile < 2 * geometry.align:
+            tiles = self.untiled_bytes((2 * geometry.halo + 4 * geometry.align,) * 2, 0)
+            need = self.resident + 2 * (tiles + pixels * 13 * VECTOR_BYTES)
+            raise EngineError(
+                f"preset {preset.name!r}: {hw[1]}x{hw[0]} px does not fit engine.max_memory "
+                f"({self.max_memory / 1e9:.2f} GB, {self.resident / 1e9:.2f} GB of it resident) even in tiles; "
+                f"raise max_memory to {need / 1e9:.1f} GB or more, or lower size")
+        return tile, history
+
+    def _lbfgs_tiled(self, objective: TiledObjective, x: torch.Tensor, history: int, steps: int,
+                     clock: "_Clock") -> tuple[torch.Tensor, _Terms]:
+        """`_lbfgs` for one image whose objective and gradient come from tiles (image on the host)."""
+        x = x.detach().clone()
+        optimiser = BatchedLBFGS(x, history=history)
+        best, best_terms = x.clone(), None
+        for i in range(1, steps + 1):
+            values, gradient = objective.terms_and_gradient(x)
+            terms = _Terms(*(torch.tensor([v], dtype=torch.float64) for v in (values.content, values.style,
+                                                                                 values.tv)))
+            if best_terms is None or values.total < float(best_terms.total[0]):
+                best.copy_(x)
+                best_terms = terms
+            optimiser.step(gradient)
+            if clock.tick(i, terms, x):
+                break
+        clock.finish_scale()
+        return best, best_terms
+
     def _tiled_objective(self, content: torch.Tensor, preset: Preset, styles, edge: int, tile: int, *,
                          autocast: bool) -> TiledObjective:
         """The objective of `_setup_scale` for one photo [1, 3, H, W], computed in tiles of `tile` px."""
@@ -354,7 +461,7 @@ class Engine:
         for i, image in enumerate(contents):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"content image {i} must be [3, H, W], got {tuple(image.shape)}")
-            groups.setdefault(fit_long_edge(*image.shape[-2:], preset.size), []).append(i)
+            groups.setdefault(fit_long_edge(*image.shape[-2:], preset.long_edge(*image.shape[-2:])), []).append(i)
         if self.device.type != "cpu":
             return list(groups.values())
         # On a CPU, fp32 convolutions are compute-bound at any batch size, so
@@ -394,10 +501,25 @@ class Engine:
             hw = fit_long_edge(*batch.shape[-2:], edge) if edge != preset.size else final_hw
             content = resize(batch, hw)
             t0 = time.perf_counter()
-            objective, param = self._setup_scale(content, preset, styles, edge, image)
+            tile = self._tile_for(hw, preset) if len(batch) == 1 else None
+            if tile is None:
+                objective, param = self._setup_scale(content, preset, styles, edge, image)
+            else:
+                # Too big for max_memory in one piece: the exact tiled objective, with the
+                # image and the L-BFGS history on the host and only tiles on the device.
+                objective = self._tiled_objective(content, preset, styles, edge, tile[0], autocast=self.bf16)
+                first = color.luminance(content) if preset.color == "luminance" else content
+                param = self._initial(first, preset, image).detach().to("cpu", memory_format=torch.contiguous_format)
+                timings["tiles"] = float(len(objective.tiles))
             timings["style_targets"] += time.perf_counter() - t0
             clock.begin_scale(scale, hw, steps, param)
-            image, terms = self._optimise(objective, param, preset, steps, clock)
+            if tile is None:
+                image, terms = self._optimise(objective, param, preset, steps, clock)
+            else:
+                image, terms = self._lbfgs_tiled(objective, param, tile[1], steps, clock)
+        image = image.to(self.device)
+        if terms is not None:
+            terms = _Terms(*(t.to(self.device) for t in (terms.content, terms.style, terms.tv)))
         with torch.no_grad():
             if terms is None:  # the returned image was never evaluated (Adam's average)
                 terms = objective(image, autocast=self.bf16)
@@ -461,7 +583,7 @@ class Engine:
     def _initial(self, content: torch.Tensor, preset: Preset, previous: torch.Tensor | None) -> torch.Tensor:
         if previous is not None:
             # Coarse-to-fine: start each scale from the previous scale's result.
-            image = resize(previous.detach(), tuple(content.shape[-2:]))
+            image = resize(previous.detach().to(content.device), tuple(content.shape[-2:]))
         elif preset.init == "content":
             image = content.clone()
         elif preset.init == "gray":
@@ -524,8 +646,17 @@ class Engine:
         style layer although it fits at full size; there it is enlarged just
         enough (a blurrier style for a blurry scale), so the pyramid needs no
         style that the preset itself could not use.
+
+        Above STYLE_EDGE (1024 px) a style is not enlarged past its own pixels
+        (a small painting blown up to a 6000 px photo's size is mush, and its
+        Grams would describe the blur) nor past twice that (its Gram pass is
+        untiled); it never goes below STYLE_EDGE either. Up to 1024 px
+        nothing changes: the style scales with the photo.
         """
-        target = fit_long_edge(*hw, max(1, round(edge * preset.style_scale)))
+        long_edge = max(1, round(edge * preset.style_scale))
+        if long_edge > STYLE_EDGE:
+            long_edge = max(STYLE_EDGE, min(long_edge, max(hw), 2 * STYLE_EDGE))
+        target = fit_long_edge(*hw, long_edge)
         need = min_edge(preset.style_layers)
         if min(target) >= need:
             return target

@@ -46,7 +46,7 @@ def preset_hash(preset: Preset) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def size_bucket(path: Path, long_edge: int) -> str | None:
+def size_bucket(path: Path, long_edge: int | str) -> str | None:
     """The output size a photo will have ("WxH"), read from its header only.
 
     Workers batch jobs of one bucket, since only same-size images share an
@@ -60,5 +60,7 @@ def size_bucket(path: Path, long_edge: int) -> str | None:
         return None
     if orientation in (5, 6, 7, 8):
         width, height = height, width
+    if long_edge == "full":  # size: full keeps the photo's own pixels
+        return f"{width}x{height}"
     scale = long_edge / max(width, height)
     return f"{max(1, round(width * scale))}x{max(1, round(height * scale))}"
