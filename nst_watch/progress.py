@@ -48,16 +48,20 @@ class ProgressDisplay:
             self._bar.__exit__(*exc)
 
     def __call__(self, event) -> None:
+        tiles = getattr(event, "tiles", 0)
         detail = (
             f"scale {event.scale}/{event.scales} {event.width}x{event.height} "
-            f"it {event.iteration}/{event.iterations} loss {event.loss:.4g} "
-            f"(content {event.content:.3g}, style {event.style:.3g})"
+            f"it {event.iteration}/{event.iterations}" + (f" tile {event.tile}/{tiles}" if tiles else "")
+            + (f" loss {event.loss:.4g} (content {event.content:.3g}, style {event.style:.3g})"
+               if event.loss else "")
         )
+        # Steps done, with the running iteration's share of tile passes on a tiled scale.
+        done = event.step + (event.tile / tiles if tiles else 0)
         if self._bar is not None:
-            self._bar.update(self._task, total=event.steps, completed=event.step, detail=detail)
+            self._bar.update(self._task, total=event.steps, completed=done, detail=detail)
             return
         now = time.monotonic()
         if event.step == event.steps or now - self._last_log >= self.plain_interval or event.step == 1:
             self._last_log = now
-            eta = event.elapsed / event.step * (event.steps - event.step)
-            log.info("%s: step %d/%d, %s, eta %.0fs", self.label, event.step, event.steps, detail, eta)
+            eta = f"{event.elapsed / done * (event.steps - done):.0f}s" if done else "unknown"
+            log.info("%s: step %d/%d, %s, eta %s", self.label, event.step, event.steps, detail, eta)

@@ -112,12 +112,18 @@ def test_a_run_too_big_for_its_memory_is_tiled_and_gives_the_same_picture(fp64_e
     [untiled] = engine.stylize([content], preset, [style])
     assert "tiles" not in untiled.timings
     work = engine.work_memory
+    events = []
     try:
         engine.work_memory = engine.untiled_bytes((96, 128), preset.history_size) // 2
-        [tiled] = engine.stylize([content], preset, [style])
+        [tiled] = engine.stylize([content], preset, [style], progress=events.append)
     finally:
         engine.work_memory = work
     assert tiled.timings["tiles"] > 1
+    # Progress inside each iteration: every tile pass of the first one is reported before it ends.
+    passes = 2 * int(tiled.timings["tiles"])
+    first = [(e.tile, e.tiles) for e in events if e.step == 0]
+    assert first == [(k, passes) for k in range(1, passes + 1)]
+    assert all(e.iteration == 1 for e in events if e.step == 0)
     assert float((tiled.image - untiled.image).abs().max()) <= 1 / 255
     assert tiled.loss == pytest.approx(untiled.loss, rel=1e-4)
 
@@ -141,3 +147,25 @@ def test_max_memory_is_checked_and_a_hopeless_budget_says_what_would_do(tmp_path
     tiny = stylize("--max-memory", "1MB")
     assert tiny.returncode == 1 and "does not fit engine.max_memory" in tiny.stderr
     assert "raise max_memory to" in tiny.stderr and not (tmp_path / "out.png").exists()
+
+
+def test_plain_progress_shows_tiles_and_survives_the_first_iteration(caplog):
+    """Log lines (journald, pipes) during a tiled scale's first iteration: no loss yet, no steps done."""
+    import io
+
+    from nst_watch.engine import Progress
+    from nst_watch.progress import ProgressDisplay
+
+    def event(step, tile, tiles, loss):
+        return Progress(preset="p", images=1, scale=1, scales=1, width=6000, height=4000, iteration=step + 1,
+                        iterations=100, step=step, steps=100, loss=loss, content=loss / 2, style=loss / 2, tv=0.0,
+                        elapsed=30.0, tile=tile, tiles=tiles)
+
+    with caplog.at_level("INFO", logger="nst_watch.progress"), \
+            ProgressDisplay("big.tif [p]", stream=io.StringIO(), plain_interval=0) as show:
+        show(event(0, 3, 50, 0.0))
+        show(event(1, 25, 50, 1.5))
+    first, second = [r.getMessage() for r in caplog.records]
+    assert "tile 3/50" in first and "it 1/100" in first and "eta" in first and "loss" not in first
+    assert "tile 25/50" in second and "loss 1.5" in second
+    assert "eta 1970s" in second  # 30 s for 1.5 steps: 98.5 steps to go

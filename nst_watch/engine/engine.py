@@ -55,6 +55,10 @@ class Progress:
     style: float
     tv: float
     elapsed: float  # seconds since stylize() began
+    # Tiled scales report inside an iteration too: tile passes done of this
+    # iteration's total (two per tile: Grams, then gradient); 0/0 untiled.
+    tile: int = 0
+    tiles: int = 0
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -415,7 +419,7 @@ class Engine:
         optimiser = BatchedLBFGS(x, history=history)
         best, best_terms = x.clone(), None
         for i in range(1, steps + 1):
-            values, gradient = objective.terms_and_gradient(x)
+            values, gradient = objective.terms_and_gradient(x, on_tile=clock.tile)
             terms = _Terms(*(torch.tensor([v], dtype=torch.float64) for v in (values.content, values.style,
                                                                                  values.tv)))
             if best_terms is None or values.total < float(best_terms.total[0]):
@@ -812,16 +816,24 @@ class _Clock:
                 f"(scale {self.scale} of {self.scales}); lower learning_rate or style_weight"
             )
 
-    def _report(self) -> None:
-        if self.callback is None or self.last_terms is None:
+    def tile(self, done: int, total: int) -> None:
+        """A tiled iteration's progress: `done` of `total` tile passes (a 24 MP iteration must not look hung)."""
+        self._report(tile=done, tiles=total, require_terms=False)
+
+    def _report(self, tile: int = 0, tiles: int = 0, require_terms: bool = True) -> None:
+        if self.callback is None or (require_terms and self.last_terms is None):
             return
-        t = self.last_terms
-        content, style, tv = (float(x.detach().sum()) for x in (t.content, t.style, t.tv))
+        if self.last_terms is None:  # inside a scale's first tiled iteration: no loss known yet
+            content = style = tv = 0.0
+        else:
+            t = self.last_terms
+            content, style, tv = (float(x.detach().sum()) for x in (t.content, t.style, t.tv))
         self.callback(
             Progress(
                 preset=self.preset, images=self.images, scale=self.scale, scales=self.scales,
-                width=self.hw[1], height=self.hw[0], iteration=self.last_i, iterations=self.iterations,
-                step=self.done, steps=self.steps, loss=content + style + tv, content=content,
-                style=style, tv=tv, elapsed=time.perf_counter() - self.start,
+                width=self.hw[1], height=self.hw[0], iteration=self.last_i + (1 if tiles else 0),
+                iterations=self.iterations, step=self.done, steps=self.steps, loss=content + style + tv,
+                content=content, style=style, tv=tv, elapsed=time.perf_counter() - self.start,
+                tile=tile, tiles=tiles,
             )
         )

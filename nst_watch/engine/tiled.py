@@ -222,11 +222,15 @@ class TiledObjective:
             total = total + share
         return total * self.weights["content"]
 
-    def terms_and_gradient(self, image: torch.Tensor) -> tuple[TiledTerms, torch.Tensor]:
+    def terms_and_gradient(self, image: torch.Tensor, on_tile: Callable[[int, int], None] | None = None
+                           ) -> tuple[TiledTerms, torch.Tensor]:
         """The weighted terms at `image` [1, C, H, W] and the gradient of their sum, shaped like it.
 
         The gradient is in the objective's dtype (float32, or float64) on `image`'s device.
+        `on_tile(done, total)` is called after each of the 2 x len(tiles) tile passes.
         """
+        passes = 2 * len(self.tiles)
+        report = on_tile or (lambda done, total: None)
         if tuple(image.shape) != self.shape[:1] + tuple(image.shape[1:2]) + self.shape[2:]:
             raise ValueError(f"image must be {self.shape[-2:]} like the content, got {tuple(image.shape)}")
         image = image.detach()
@@ -237,6 +241,7 @@ class TiledObjective:
             for i, tile in enumerate(self.tiles):
                 features = self._run(self._crop(tile, image))
                 content += float(self._content_sum(i, tile, features))
+                report(i + 1, passes)
                 for name in self.style_layers:
                     grams[name] = grams[name] + _gram_sum(self._owned(tile, features, name))
         style = 0.0
@@ -260,6 +265,7 @@ class TiledObjective:
             surrogate.backward()
             top, bottom, left, right = tile.read
             gradient[..., top:bottom, left:right] += leaf.grad.to(image.device, self.dtype)
+            report(len(self.tiles) + i + 1, passes)
         # TV is local and cheap: on the whole image, where it lives.
         whole = image.to(self.dtype).requires_grad_(True)
         tv = TVLoss()(whole).sum() * self.weights["tv"]

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..jobs import Ledger
 from .intake import Intake
 from .notify import Notifier
-from .status import live_dir, printable, prune_live, status_line, write_live
+from .status import live_dir, printable, prune_live, status_line, tile_progress, write_live
 
 log = logging.getLogger("nst_watch.daemon")
 
@@ -246,6 +246,6 @@ class Daemon:
         worker = data["worker"]
         if worker and worker.get("jobs"):
             table.add_row("now", Text(printable(f"{', '.join(worker['photos'])} [{worker['preset']}] "
-                                                f"step {worker['step']}/{worker['steps']} "
+                                                f"step {worker['step']}/{worker['steps']}{tile_progress(worker)} "
                                                 f"loss {worker['loss'] or 0:.4g}")))
         return table

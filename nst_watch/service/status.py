@@ -188,6 +188,11 @@ _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+def tile_progress(worker: dict) -> str:
+    """", tile 7/50" while a worker is inside an iteration of a tiled scale, else ""."""
+    return f", tile {worker.get('tile')}/{worker['tiles']}" if worker.get("tiles") else ""
+
+
 def printable(value) -> str:
     """`value` as one line of inert text for a terminal: control characters escaped.
 
@@ -253,7 +258,7 @@ def _trust_the_ledger(process: dict, ledger: Ledger) -> None:
     worker["jobs"] = [jobs[i] for i in held]
     worker["photos"] = [photos[i] for i in held if i < len(photos)]
     if not held:
-        worker.update(preset=None, step=0, steps=0, loss=None, started=None)
+        worker.update(preset=None, step=0, steps=0, tile=0, tiles=0, loss=None, started=None)
 
 
 def _job_view(job) -> dict:
@@ -299,7 +304,8 @@ def render(snap: dict):
             worker = p.get("worker") or {}
             if worker.get("jobs"):
                 detail += (f" job {', '.join(map(str, worker['jobs']))} {worker.get('preset')} "
-                           f"step {worker.get('step')}/{worker.get('steps')}: {', '.join(worker.get('photos') or [])}")
+                           f"step {worker.get('step')}/{worker.get('steps')}{tile_progress(worker)}: "
+                           f"{', '.join(worker.get('photos') or [])}")
             elif p.get("role") in ("run", "work"):
                 detail += " idle" if detail else "idle"
             procs.add_row(*(Text(printable(v)) for v in (p.get("role"), p.get("pid"), p.get("state", "running"),

@@ -76,6 +76,8 @@ class Activity:
     photos: list[str] = field(default_factory=list)
     step: int = 0
     steps: int = 0
+    tile: int = 0  # tile passes done in the running iteration of a tiled scale, of `tiles`
+    tiles: int = 0
     loss: float | None = None
     started: float | None = None
     done: int = 0
@@ -249,6 +251,7 @@ class Worker:
     def _progress(self, event) -> None:
         self.heartbeat_at = time.monotonic()
         self.activity.step, self.activity.steps, self.activity.loss = event.step, event.steps, event.loss
+        self.activity.tile, self.activity.tiles = event.tile, event.tiles
         if event.step >= 2:
             _fault("optimising")
         if self.cancel.is_set():
