@@ -6,7 +6,9 @@ Writes gpu.json and gpu.txt under --out: at 512 and 1024 px, batch 1 and 8,
 fp32 and bf16: time per full-size iteration, images per hour (at 500 full-size
 iterations per image, the default preset's most before early stop, without the
 pyramid's cheap coarse scales), peak memory per batch; then the largest square size
-that fits one image (bf16); then compare.py's ratios at 512 px. Seeded random
+that fits one image (bf16); then `size: full` photos of 4K (3840x2160) and 24 MP
+(6000x4000), the default preset, tiled wherever max_memory says so: time to the
+finished photo, per full-size iteration, peak memory; then compare.py's ratios at 512 px. Seeded random
 weights: speed and memory only. `--smoke` runs a tiny version on the CPU to
 check the script itself.
 """
@@ -30,6 +32,7 @@ from conftest import synthetic_painting, synthetic_photo, to_tensor  # noqa: E40
 
 from nst_watch.config import Preset  # noqa: E402
 from nst_watch.engine import Engine  # noqa: E402
+from nst_watch.errors import EngineError  # noqa: E402
 
 DEFAULT_ITERATIONS = 500
 
@@ -86,6 +89,39 @@ def largest(engine: Engine, low: int, high: int, step: int, deadline: float) -> 
     return best
 
 
+def full_resolution(engine: Engine, width: int, height: int, *, iterations: int | None = None,
+                    force_tiles: bool = False) -> dict:
+    """One photo at its own size (`size: full`): time to the finished photo, per full-size iteration, memory.
+
+    On a GPU, 4K fits untiled and 24 MP may not: the engine tiles whatever
+    exceeds max_memory by itself. `force_tiles` sets the budget just below
+    the untiled need, so the smoke run on a CPU goes through the tiled path.
+    """
+    photo = to_tensor(synthetic_photo(height, width, seed=7))
+    side = min(1024, max(width, height))
+    style = to_tensor(synthetic_painting(side, side, seed=99))
+    preset = Preset(name="full", styles=["s.png"], size="full", **({"iterations": iterations} if iterations else {}))
+    work = engine.work_memory
+    if force_tiles:
+        engine.work_memory = engine.untiled_bytes((height, width), preset.history_size) - 1
+    events: list = []
+    try:
+        reset_memory()
+        t = time.perf_counter()
+        [result] = engine.stylize([photo], preset, [style], progress=events.append)
+        seconds = time.perf_counter() - t
+    finally:
+        engine.work_memory = work
+        engine.cache_clear()
+    ends = [e for e in events if e.scale == e.scales and not e.tiles]  # iteration ends at full size
+    per_iteration = None
+    if len(ends) > 1 and ends[-1].step > ends[0].step:
+        per_iteration = (ends[-1].elapsed - ends[0].elapsed) / (ends[-1].step - ends[0].step)
+    return {"width": width, "height": height, "seconds_to_photo": seconds, "iterations": result.iterations,
+            "tiles": int(result.timings.get("tiles", 0)), "seconds_per_full_iteration": per_iteration,
+            "peak_mb": peak_mb()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -125,6 +161,20 @@ def main(argv=None) -> int:
     report["largest_square"] = fit
     lines.append(f"largest square that fits (one image, precision auto): {fit} px")
     print(lines[-1], flush=True)
+    # Full resolution (issue 12 targets on one H100/H200: 4K in <= 30 s, 24 MP in <= 2 min).
+    report["full_resolution"] = []
+    for width, height in ((256, 160), (320, 192)) if args.smoke else ((3840, 2160), (6000, 4000)):
+        if time.monotonic() > deadline:
+            report["skipped"].append(f"full resolution {width}x{height}: out of time")
+            continue
+        try:
+            run = full_resolution(engine, width, height, iterations=3 if args.smoke else None,
+                                  force_tiles=args.smoke)
+        except (*oom_errors(), EngineError) as exc:
+            run = {"width": width, "height": height, "error": str(exc)}
+        report["full_resolution"].append(run)
+        lines.append(_full_line(run))
+        print(lines[-1], flush=True)
     if time.monotonic() < deadline and not args.smoke:
         ratios_json = args.out / "compare.json"
         compare.main(["--size", "512", "--also", "256", "--classic-evaluations", "300", "--json", str(ratios_json)])
@@ -133,6 +183,17 @@ def main(argv=None) -> int:
     (args.out / "gpu.json").write_text(json.dumps(report, indent=2))
     (args.out / "gpu.txt").write_text("\n".join(lines) + "\n")
     return 0
+
+
+def _full_line(run: dict) -> str:
+    head = f"size full {run['width']}x{run['height']}"
+    if "error" in run:
+        return f"{head}: {run['error']}"
+    per = run["seconds_per_full_iteration"]
+    mem = f", peak {run['peak_mb']:.0f} MB" if run["peak_mb"] is not None else ""
+    return (f"{head}: finished in {run['seconds_to_photo']:.1f} s ({run['iterations']} iterations, "
+            f"{run['tiles']} tiles at full size" + (f", {per * 1000:.0f} ms per full-size iteration" if per else "")
+            + f"{mem})")
 
 
 def _line(run: dict) -> str:
