@@ -555,20 +555,17 @@ def style_image_size(path: Path) -> tuple[int, int]:
     Reads the header only. ValueError naming the file when it is not an
     image nst-watch reads.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
-    from .photo.decode import DEFAULT_FORMATS
+    from .photo.decode import DEFAULT_FORMATS, displayed_size
 
     try:
-        with Image.open(path) as image:
-            if image.format not in DEFAULT_FORMATS:
-                raise ValueError(f"style image {path} is {image.format}, which nst-watch does not read; "
-                                 "convert it to JPEG, PNG, TIFF or WebP")
-            width, height = image.size
-            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-                width, height = height, width
+        width, height, kind = displayed_size(path)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"style image {path} cannot be read as an image ({exc}); replace it") from None
+    if kind not in DEFAULT_FORMATS:
+        raise ValueError(f"style image {path} is {kind}, which nst-watch does not read; "
+                         "convert it to JPEG, PNG, TIFF or WebP")
     return width, height
 
 

@@ -315,18 +315,15 @@ class Engine:
         if len(styles) != len(preset.styles):
             raise ValueError(f"preset {preset.name!r} lists {len(preset.styles)} style images, got {len(styles)}")
         results: list[StylizeResult | None] = [None] * len(contents)
-        for indices in self._batches(contents, preset):
+        for hw, indices in self._batches(contents, preset):
             # Photos of one output size may differ in pixel size (400x300 and
             # 200x150 both give 256x192): each is resized to the output size
             # first, and every coarser scale is taken from that.
-            hw = fit_long_edge(*contents[indices[0]].shape[-2:], preset.long_edge(*contents[indices[0]].shape[-2:]))
-            # size: full is this group's long edge from here on.
+            # size: full is this batch's long edge from here on.
             concrete = preset.model_copy(update={"size": max(hw)}) if preset.size == "full" else preset
-            fits = max(1, self.work_memory // self.untiled_bytes(hw, preset.history_size))
-            for part in (indices[k:k + fits] for k in range(0, len(indices), fits)):
-                batch = torch.cat([resize(contents[i].to(self.device, self.dtype)[None], hw) for i in part])
-                for i, result in zip(part, self._run(batch, concrete, styles, progress)):
-                    results[i] = result
+            batch = torch.cat([resize(contents[i].to(self.device, self.dtype)[None], hw) for i in indices])
+            for i, result in zip(indices, self._run(batch, concrete, styles, progress)):
+                results[i] = result
         return results  # type: ignore[return-value]
 
     def objective(self, images: Sequence[torch.Tensor], contents: Sequence[torch.Tensor], preset: Preset,
@@ -434,15 +431,14 @@ class Engine:
     def _tiled_objective(self, content: torch.Tensor, preset: Preset, styles, edge: int, tile: int, *,
                          autocast: bool) -> TiledObjective:
         """The objective of `_setup_scale` for one photo [1, 3, H, W], computed in tiles of `tile` px."""
-        layers = list(preset.content_layers) + list(preset.style_layers)
+        extractor = FeatureExtractor(self.features, [*preset.content_layers, *preset.style_layers], self.preprocess)
         luminance = preset.color == "luminance"
         return TiledObjective(
-            FeatureExtractor(self.features, layers, self.preprocess),
+            extractor,
             color.luminance(content) if luminance else content,
             content_layers=preset.content_layers,
             style_layers=preset.style_layers,
-            grams=self._style_targets(FeatureExtractor(self.features, layers, self.preprocess),
-                                      preset, styles, edge, content),
+            grams=self._style_targets(extractor, preset, styles, edge, content),
             layer_weights=layer_weights(preset.style_layers, preset.style_layer_weights),
             content_weight=preset.content_weight,
             style_weight=preset.style_weight,
@@ -460,21 +456,22 @@ class Engine:
 
     # --- batching and schedule ------------------------------------------------
 
-    def _batches(self, contents: Sequence[torch.Tensor], preset: Preset) -> list[list[int]]:
+    def _batches(self, contents: Sequence[torch.Tensor], preset: Preset) -> list[tuple[tuple[int, int], list[int]]]:
+        """(output size, content indices) per batch: photos of one output size, as many as fit work_memory."""
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(contents):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"content image {i} must be [3, H, W], got {tuple(image.shape)}")
             groups.setdefault(fit_long_edge(*image.shape[-2:], preset.long_edge(*image.shape[-2:])), []).append(i)
-        if self.device.type != "cpu":
-            return list(groups.values())
-        # On a CPU, fp32 convolutions are compute-bound at any batch size, so
-        # a batch only saves per-pass overheads: measured on 2 AVX2 cores,
-        # 8 photos together ran 1.17-1.22x faster at 128 px, 0.99-1.10x at 256 px.
         batches = []
         for (h, w), members in groups.items():
-            per_batch = max(1, CPU_BATCH_PIXELS // (h * w))
-            batches += [members[k:k + per_batch] for k in range(0, len(members), per_batch)]
+            per_batch = max(1, self.work_memory // self.untiled_bytes((h, w), preset.history_size))
+            if self.device.type == "cpu":
+                # On a CPU, fp32 convolutions are compute-bound at any batch size, so
+                # a batch only saves per-pass overheads: measured on 2 AVX2 cores,
+                # 8 photos together ran 1.17-1.22x faster at 128 px, 0.99-1.10x at 256 px.
+                per_batch = min(per_batch, max(1, CPU_BATCH_PIXELS // (h * w)))
+            batches += [((h, w), members[k:k + per_batch]) for k in range(0, len(members), per_batch)]
         return batches
 
     def _run(self, batch: torch.Tensor, preset: Preset, styles, progress) -> list[StylizeResult]:
@@ -818,10 +815,11 @@ class _Clock:
 
     def tile(self, done: int, total: int) -> None:
         """A tiled iteration's progress: `done` of `total` tile passes (a 24 MP iteration must not look hung)."""
-        self._report(tile=done, tiles=total, require_terms=False)
+        self._report(tile=done, tiles=total)
 
-    def _report(self, tile: int = 0, tiles: int = 0, require_terms: bool = True) -> None:
-        if self.callback is None or (require_terms and self.last_terms is None):
+    def _report(self, tile: int = 0, tiles: int = 0) -> None:
+        # An iteration's end needs its terms; a tile report may come before any are known.
+        if self.callback is None or (not tiles and self.last_terms is None):
             return
         if self.last_terms is None:  # inside a scale's first tiled iteration: no loss known yet
             content = style = tv = 0.0

@@ -16,8 +16,8 @@ terms, see losses.py). At a layer l with feature map F (C x M positions):
   and dL_s/dG is one C x C matrix for the whole image.
 
 So pass 1 runs every tile forward without a graph and sums the Grams of the
-positions each tile owns into the global G (and the content term's value);
-dL_s/dG follows. Pass 2 runs each tile forward and backward on the surrogate
+positions each tile owns into the global G; dL_s/dG follows. Pass 2 runs
+each tile forward and backward on the surrogate
     S_tile = sum_l <dL_s/dG_l, G_l,tile> + L_c,tile,
 whose gradient on the tile's pixels is exactly that tile's share of the
 untiled gradient; the shares are added into one gradient image (a tile's
@@ -47,10 +47,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import TVLoss, gram_matrix, wide
+from ..config import min_edge
+from .losses import _EPS, TVLoss, gram_matrix, wide
 from .vgg import LAYER_NAMES, FeatureExtractor, layer_index
-
-_EPS = 1e-8  # as losses._normalised_mse
 
 
 @dataclass(frozen=True)
@@ -120,10 +119,6 @@ def _gram_sum(features: torch.Tensor) -> torch.Tensor | float:
     return gram_matrix(features)[0] * positions if positions else 0.0
 
 
-def _stride(name: str) -> int:
-    return 2 ** sum(1 for n in LAYER_NAMES[: layer_index(name)] if n.startswith("pool"))
-
-
 @dataclass
 class TiledTerms:
     """Weighted objective terms of one image (floats), as the untiled objective's."""
@@ -189,7 +184,7 @@ class TiledObjective:
 
     def _owned(self, tile: Tile, features: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
         f = features[name]
-        ys, xs = tile.owned_positions(_stride(name), tuple(f.shape[-2:]))
+        ys, xs = tile.owned_positions(min_edge([name]), tuple(f.shape[-2:]))  # a layer's stride is its min_edge
         return wide(f[..., ys, xs])
 
     def _content_targets(self, content: torch.Tensor) -> None:
@@ -231,16 +226,14 @@ class TiledObjective:
         """
         passes = 2 * len(self.tiles)
         report = on_tile or (lambda done, total: None)
-        if tuple(image.shape) != self.shape[:1] + tuple(image.shape[1:2]) + self.shape[2:]:
+        if image.dim() != 4 or len(image) != 1 or tuple(image.shape[-2:]) != self.shape[-2:]:
             raise ValueError(f"image must be {self.shape[-2:]} like the content, got {tuple(image.shape)}")
         image = image.detach()
-        # Pass 1: global Grams and the content term, no graph kept.
+        # Pass 1: global Grams, no graph kept.
         grams = {name: 0.0 for name in self.style_layers}
-        content = 0.0
         with torch.no_grad():
             for i, tile in enumerate(self.tiles):
                 features = self._run(self._crop(tile, image))
-                content += float(self._content_sum(i, tile, features))
                 report(i + 1, passes)
                 for name in self.style_layers:
                     grams[name] = grams[name] + _gram_sum(self._owned(tile, features, name))
@@ -253,12 +246,15 @@ class TiledObjective:
             weight = self.weights["style"] * self.layer_weights[name]
             style += float(diff.pow(2).sum() / (c2 * self.gram_energy[name])) * weight
             coefficients[name] = (2 * weight / (c2 * self.gram_energy[name])) * diff
-        # Pass 2: each tile's share of the gradient, added into one image.
+        # Pass 2: each tile's share of the gradient, added into one image, and of the
+        # content term (a sum over positions, so its value needs no first pass).
         gradient = torch.zeros(image.shape, dtype=self.dtype, device=image.device)
+        content = 0.0
         for i, tile in enumerate(self.tiles):
             leaf = self._crop(tile, image).requires_grad_(True)
             features = self._run(leaf)
             surrogate = self._content_sum(i, tile, features)
+            content += float(surrogate.detach())
             for name in self.style_layers:
                 tile_gram = _gram_sum(self._owned(tile, features, name)) / self.positions[name]
                 surrogate = surrogate + (coefficients[name] * tile_gram).sum()

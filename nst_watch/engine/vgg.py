@@ -7,7 +7,7 @@ cost (FIELD_NOTES section 2).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -119,6 +119,3 @@ class FeatureExtractor(nn.Module):
                 out[self.indices[i]] = x
         return out
 
-
-def deepest_layer(layers: Sequence[str]) -> str:
-    return max(layers, key=layer_index)

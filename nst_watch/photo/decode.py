@@ -302,6 +302,19 @@ def _load_8bit(path: Path, im, kind: str, notes: list[str]) -> dict:
     return dict(pixels=pixels, alpha=alpha, bit_depth=8, icc_profile=icc, color_space=space, exif=exif, xmp=xmp)
 
 
+def displayed_size(path) -> tuple[int, int, str | None]:
+    """(width, height, Pillow format) of the image at `path` as shown, EXIF orientation applied.
+
+    Reads the header only. Raises what PIL.Image.open raises
+    (UnidentifiedImageError, OSError) for a file that is not an image.
+    """
+    with Image.open(path) as im:
+        width, height = im.size
+        if _orientation(im) in (5, 6, 7, 8):  # turned by 90 degrees
+            width, height = height, width
+        return width, height, im.format
+
+
 def _orientation(im) -> int:
     try:
         value = im.getexif().get(metadata.ORIENTATION, 1)

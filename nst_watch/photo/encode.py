@@ -18,7 +18,7 @@ from PIL import Image, ImageCms, PngImagePlugin, TiffImagePlugin
 from nst_watch.errors import PhotoError
 
 from . import atomic, color, metadata
-from .naming import derived_name, escape_name
+from .naming import escape_name, sidecar_path
 
 log = logging.getLogger("nst_watch.photo")
 
@@ -329,7 +329,7 @@ def _append_subifds(f, subifds: dict[int, dict]) -> None:
 
 def _write_sidecar(final: Path, payload: dict, info: dict, temp: str | None = None) -> Path:
     """`<output name>.json` beside the output; on failure the output is removed too."""
-    path = final.with_name(derived_name(final.name, ".json"))
+    path = sidecar_path(final)
     text = json.dumps(_jsonable({**payload, "output": info}), indent=2, ensure_ascii=False) + "\n"
     try:
         atomic.write_atomic(path, lambda f: f.write(text.encode("utf-8")), "overwrite", temp=temp)

@@ -166,6 +166,11 @@ def numbered_name(name: str, n: int) -> str:
     return cap_name(name, f" ({n})")
 
 
+def sidecar_path(path: Path) -> Path:
+    """Where the JSON sidecar of the file at `path` goes: ``photo.jpg`` -> ``photo.jpg.json`` (see derived_name)."""
+    return path.with_name(derived_name(path.name, ".json"))
+
+
 def derived_name(name: str, suffix: str) -> str:
     """The name of a file about `name`: ``photo.jpg`` -> ``photo.jpg.error.txt``, within 255 bytes.
 

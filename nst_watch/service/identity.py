@@ -7,19 +7,14 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from PIL import Image
-
 from ..config import Preset
-
-_CHUNK = 1 << 20
+from ..photo.decode import displayed_size
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    """Hex SHA-256 of a file's bytes (the intake's `_hash_regular` hashes the same way, from an fd it checked)."""
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @lru_cache(maxsize=256)
@@ -53,13 +48,9 @@ def size_bucket(path: Path, long_edge: int | str) -> str | None:
     optimisation. None when the header cannot be read (the worker reports why).
     """
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
+        width, height, _ = displayed_size(path)
     except Exception:
         return None
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
     if long_edge == "full":  # size: full keeps the photo's own pixels
         return f"{width}x{height}"
     scale = long_edge / max(width, height)

@@ -28,7 +28,7 @@ from ..faults import fault as _fault
 from ..jobs import Job, Ledger
 from ..photo import load_photo
 from ..photo.atomic import TEMP_PREFIX, fsync_dir, publish
-from ..photo.naming import derived_name, numbered_name
+from ..photo.naming import numbered_name, sidecar_path
 from .identity import preset_hash
 from .originals import finish_original
 from .status import pid_alive
@@ -85,6 +85,13 @@ class Activity:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def _move_sidecar(staged: Path, final: Path) -> None:
+    """Move the staged result's JSON sidecar, if any, beside `final`."""
+    side = sidecar_path(staged)
+    if side.exists():
+        os.replace(side, sidecar_path(final))
 
 
 def owner_name(device: str) -> str:
@@ -266,7 +273,7 @@ class Worker:
     def _leftovers(job: Job, staged: Path) -> tuple[Path, ...]:
         """Files an attempt of `job` writes before publishing: the staged result, its sidecar, their temp files."""
         folder = staged.parent
-        return (staged, staged.with_name(derived_name(staged.name, ".json")),
+        return (staged, sidecar_path(staged),
                 folder / f"{TEMP_PREFIX}job{job.id}", folder / f"{TEMP_PREFIX}job{job.id}-json")
 
     def _publish(self, job: Job, photo, result, preset: Preset, watch: Watch | None) -> None:
@@ -295,9 +302,7 @@ class Worker:
         """Publish `staged` under `dest` (or a free variant); the ledger learns the name first."""
         if collision == "overwrite":
             self.ledger.plan_output(self.owner, job.id, dest)
-            side = staged.with_name(derived_name(staged.name, ".json"))
-            if side.exists():
-                os.replace(side, dest.with_name(derived_name(dest.name, ".json")))
+            _move_sidecar(staged, dest)
             os.replace(staged, dest)
             fsync_dir(dest.parent)
             return dest
@@ -306,7 +311,7 @@ class Worker:
             if os.path.lexists(final):
                 if collision == "skip":
                     log.info("%s exists; skipped (collision: skip)", final)
-                    _remove(staged, staged.with_name(derived_name(staged.name, ".json")))
+                    _remove(staged, sidecar_path(staged))
                     return None
                 continue
             self.ledger.plan_output(self.owner, job.id, final)
@@ -328,9 +333,7 @@ class Worker:
         Safe before complete(): with the name planned in the ledger and the
         staging name gone, a restarted attempt knows `final` is its own.
         """
-        side = staged.with_name(derived_name(staged.name, ".json"))
-        if side.exists():
-            os.replace(side, final.with_name(derived_name(final.name, ".json")))
+        _move_sidecar(staged, final)
         _remove(staged)
         return final
 
