@@ -103,7 +103,7 @@ def full_resolution(engine: Engine, width: int, height: int, *, iterations: int 
     preset = Preset(name="full", styles=["s.png"], size="full", **({"iterations": iterations} if iterations else {}))
     work = engine.work_memory
     if force_tiles:
-        engine.work_memory = engine.untiled_bytes((height, width), preset.history_size) - 1
+        engine.work_memory = engine.untiled_bytes((height, width), 1) - 1  # below any history's need
     events: list = []
     try:
         reset_memory()
@@ -113,7 +113,7 @@ def full_resolution(engine: Engine, width: int, height: int, *, iterations: int 
     finally:
         engine.work_memory = work
         engine.cache_clear()
-    ends = [e for e in events if e.scale == e.scales and not e.tiles]  # iteration ends at full size
+    ends = [e for e in events if e.scale == e.scales and not e.tile]  # iteration ends at full size
     per_iteration = None
     if len(ends) > 1 and ends[-1].step > ends[0].step:
         per_iteration = (ends[-1].elapsed - ends[0].elapsed) / (ends[-1].step - ends[0].step)

@@ -69,13 +69,17 @@ class Pyramid(_Strict):
     repeats); by default each coarser scale runs a tenth of the preset's
     `iterations` (it only has to lay the picture out, at a fraction of the
     cost: a half-size step costs a quarter) and the final scale all of them.
+    Above 1024 px (size: full, large sizes) the picture is laid out at the
+    largest scale up to 1024 px with all `iterations`, and each larger scale
+    only refines detail: iterations x (1024 / its long edge)^2, at least 10
+    (nst_watch.engine.engine.scale_iterations).
     """
 
     min_size: int = Field(64, ge=16, description="long edge of the first, coarsest scale, in pixels")
     factor: float = Field(2.0, gt=1.0, description="step between scales")
     iterations: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="iterations per scale, coarse to fine, the last repeating (default: a tenth of "
-        "iterations on each coarser scale, all of them at full size)")
+        "iterations on each coarser scale, all of them at full size; above 1024 px fewer, see above)")
 
 
 class EarlyStop(_Strict):

@@ -132,8 +132,20 @@ def test_pyramid_runs_each_scale_from_the_previous_one(random_engine, photo, pai
 def test_default_pyramid_lays_out_at_a_quarter_size_with_a_tenth_of_the_iterations():
     p = Preset(styles=["style.png"], size=256, iterations=500)
     assert scale_sizes(p) == [64, 128, 256]
-    assert scale_iterations(p, 3) == [50, 50, 500]
+    assert scale_iterations(p, [64, 128, 256]) == [50, 50, 500]
     assert scale_sizes(p.model_copy(update={"pyramid": None})) == [256]
+
+
+def test_scales_above_1024_px_refine_with_fewer_iterations():
+    """A 24 MP pyramid lays the picture out at 750 px, then refines: each larger scale costs about the same."""
+    p = Preset(styles=["style.png"], size="full", iterations=500)
+    sizes = scale_sizes(p.model_copy(update={"size": 6000}))
+    assert sizes == [94, 188, 375, 750, 1500, 3000, 6000]
+    assert scale_iterations(p, sizes) == [50, 50, 50, 500, 233, 58, 15]
+    assert scale_iterations(p, [512, 2048]) == [500, 125]
+    assert scale_iterations(p.model_copy(update={"iterations": 20}), [512, 4096]) == [20, 10]
+    listed = Preset(styles=["style.png"], iterations=500, pyramid={"iterations": [30, 5]})
+    assert scale_iterations(listed, [512, 1024, 2048]) == [30, 5, 5]
 
 
 def test_a_coarse_scale_too_small_for_the_network_is_skipped(random_engine, painting):

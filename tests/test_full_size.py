@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
 
@@ -9,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageCms
 
 from daemon_kit import Studio, photo, wait_until
+from nst_watch.engine.engine import WORKSPACE_BYTES
 
 
 def camera_photo(path, size=(96, 64)):
@@ -47,3 +51,49 @@ def test_daemon_size_full_gives_each_photo_its_own_size(tmp_path):
         assert daemon.stop() == 0
     sizes = {p.name: Image.open(p).size for p in studio.outputs()}
     assert sizes == {"wide-a.jpg": (80, 48), "small-a.jpg": (48, 40)}
+
+
+def _resident_bytes() -> int:
+    """What a daemon process holds before any image: torch, the service modules and VGG19 (random weights)."""
+    probe = ("import nst_watch.service.daemon\nfrom nst_watch.engine import Engine\n"
+             "print(Engine(weights='random', device='cpu').resident)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_daemon_tiles_a_photo_over_max_memory_and_status_shows_the_tiles(tmp_path):
+    """A size: full photo too big for engine.max_memory runs in tiles; `status` shows the tile passes."""
+    # Shallow layers keep the halo small, so a 320x240 photo splits into a few tiles; its untiled
+    # estimate is ~300 MB over the resident engine and its workspace, and the budget leaves ~100 MB.
+    budget = _resident_bytes() + WORKSPACE_BYTES + 100 * 10**6
+    studio = Studio(tmp_path, presets=("a",), preset_settings={
+        "size": "full", "iterations": 20, "early_stop": None, "pyramid": None,
+        "content_layers": ["relu3_1"], "style_layers": ["relu1_1", "relu2_1", "relu3_1"]})
+    studio.write_config(engine={"weights": "random", "device": "cpu", "max_memory": budget})
+    daemon = studio.start().wait_ready()
+    seen = []
+
+    def tiles_in_status():
+        snap = json.loads(subprocess.run([sys.executable, "-m", "nst_watch", "status", "-c", str(studio.config),
+                                          "--json"], capture_output=True, text=True, timeout=60).stdout)
+        workers = [p["worker"] for p in snap["processes"] if p.get("worker")]
+        seen.extend((w["tile"], w["tiles"]) for w in workers if w.get("tiles"))
+        return seen or studio.outputs()
+
+    try:
+        photo(studio.inbox / "wide.jpg", seed=3, size=(320, 240))
+        wait_until(tiles_in_status, timeout=120, interval=0.2, what="tile progress in status")
+        assert seen, "the photo finished without status ever showing a tile pass"
+        tile, tiles = seen[0]
+        assert tiles >= 4 and 0 < tile <= tiles  # two passes over at least two tiles
+        plain = subprocess.run([sys.executable, "-m", "nst_watch", "status", "-c", str(studio.config)],
+                               capture_output=True, text=True, timeout=60).stdout
+        if not studio.outputs():  # still running when the table was drawn: it shows the tiles too
+            assert re.search(r"tile \d+/\d+", plain), plain
+        wait_until(lambda: len(studio.outputs()) == 1, timeout=180, what="the tiled output")
+    finally:
+        assert daemon.stop() == 0
+    with Image.open(studio.outputs()[0]) as out:
+        assert out.size == (320, 240)

@@ -13,6 +13,7 @@ import torch
 
 from nst_watch.config import Preset
 from nst_watch.engine import Engine
+from nst_watch.engine.engine import FORWARD_BYTES
 from nst_watch.engine.tiled import Geometry, tiles
 
 SHALLOW = dict(content_layers=["relu3_1"], style_layers=["relu1_1", "relu2_1", "relu3_1"])
@@ -126,6 +127,50 @@ def test_a_run_too_big_for_its_memory_is_tiled_and_gives_the_same_picture(fp64_e
     assert all(e.iteration == 1 for e in events if e.step == 0)
     assert float((tiled.image - untiled.image).abs().max()) <= 1 / 255
     assert tiled.loss == pytest.approx(untiled.loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("layers", [["relu1_1", "relu2_1", "relu3_1"], ["relu1_1", "relu3_1", "relu5_1"]])
+def test_style_grams_in_tiles_equal_the_untiled_ones(fp64_engines, layers):
+    """A style image too big for memory has its Gram targets summed over tiles, exactly."""
+    from nst_watch.engine.losses import gram_matrix
+    from nst_watch.engine.tiled import gram_matrices
+    from nst_watch.engine.vgg import FeatureExtractor
+
+    engine = fp64_engines["max"]
+    style = torch.rand(1, 3, 200, 136, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    extractor = FeatureExtractor(engine.features, layers, engine.preprocess)
+    with torch.no_grad():
+        whole = extractor(style)
+    tiled = gram_matrices(extractor, style, layers, 48 if "relu5_1" not in layers else 64,
+                          device=engine.device, dtype=torch.float64)
+    for name in layers:
+        expected = gram_matrix(whole[name])
+        assert tiled[name].shape == expected.shape
+        assert float((tiled[name] - expected).abs().max() / expected.abs().max()) <= 1e-10
+
+
+def test_a_style_image_too_big_for_memory_gives_the_same_picture(fp64_engines):
+    """engine.max_memory bounds the style's Gram pass too: tiled, with the untiled result."""
+    engine = fp64_engines["max"]
+    content, _, _ = pictures(48, 64, seed=6)
+    style = torch.rand(3, 160, 160, generator=torch.Generator().manual_seed(8))
+    preset = Preset(name="big-style", styles=["s.png"], size=64, style_scale=2.5, iterations=5, early_stop=None,
+                    pyramid=None, **SHALLOW)
+    [untiled] = engine.stylize([content], preset, [style])
+    work = engine.work_memory
+    try:
+        engine.cache_clear()
+        # The style's pass (160 px) no longer fits; the photo's iterations still do.
+        engine.work_memory = engine.untiled_bytes((48, 64), preset.history_size) + 1
+        assert engine.work_memory < 160 * 160 * FORWARD_BYTES
+        assert engine._style_tile((160, 160), preset) is not None
+        [tiled] = engine.stylize([content], preset, [style])
+    finally:
+        engine.work_memory = work
+        engine.cache_clear()
+    assert "tiles" not in tiled.timings  # only the style's pass was tiled
+    assert float((tiled.image - untiled.image).abs().max()) <= 1 / 255
+    assert tiled.loss == pytest.approx(untiled.loss, rel=1e-6)
 
 
 def test_max_memory_is_checked_and_a_hopeless_budget_says_what_would_do(tmp_path):

@@ -8,6 +8,7 @@ callback.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -28,7 +29,7 @@ from ..config import EngineSettings, Preset, deepest, min_edge
 from ..errors import EngineError
 from . import color
 from .lbfgs import BatchedLBFGS
-from .tiled import Geometry, TiledObjective
+from .tiled import Geometry, TiledObjective, gram_matrices
 from .losses import ContentLoss, LayerSum, Scale, StyleLoss, TVLoss, blend_grams, gram_matrix, layer_weights
 from .vgg import FeatureExtractor, build_features
 from .weights import load_weights
@@ -55,8 +56,9 @@ class Progress:
     style: float
     tv: float
     elapsed: float  # seconds since stylize() began
-    # Tiled scales report inside an iteration too: tile passes done of this
-    # iteration's total (two per tile: Grams, then gradient); 0/0 untiled.
+    # Tiled scales report inside an iteration too: tile passes done of the
+    # running iteration's total (two per tile: Grams, then gradient); at an
+    # iteration's end 0 of that total; 0/0 on an untiled scale.
     tile: int = 0
     tiles: int = 0
 
@@ -134,6 +136,30 @@ def keep_freed_memory() -> bool:
     from 0.522 to 0.447 s per image. Like PyTorch's CUDA caching allocator,
     the process keeps its peak footprint. Returns False where not glibc.
     """
+    return _malloc_thresholds(1 << 30)
+
+
+@contextlib.contextmanager
+def return_freed_memory(active: bool = True):
+    """While a scale runs in tiles under max_memory: glibc returns blocks over 1 MB as soon as they are freed.
+
+    In keep_freed_memory's mode the heap also keeps what fragmentation
+    strands: measured at 1024 px in 96 px tiles, the objective's set-up grew
+    the process by 200 MB for 22 MB of content targets, and a tiled
+    iteration peaked 0.5 GB over the resident engine against 0.32 GB with
+    this mode. Restores keep_freed_memory's mode on exit.
+    """
+    if not (active and _malloc_thresholds(1 << 20)):
+        yield
+        return
+    try:
+        yield
+    finally:
+        keep_freed_memory()
+
+
+def _malloc_thresholds(size: int) -> bool:
+    """Set glibc's mmap and trim thresholds to `size` bytes; False where this is not glibc."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
     try:
@@ -141,19 +167,34 @@ def keep_freed_memory() -> bool:
     except OSError:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
+    return bool(libc.mallopt(m_mmap_threshold, size) and libc.mallopt(m_trim_threshold, size))
 
 
 # Bytes per pixel of one untiled float32 iteration to relu5_1 (activations kept for
 # the backward pass, Grams, gradients), and of one L-BFGS history vector (RGB
 # float32): an image of P pixels with history m needs about
-# P * (ACTIVATION_BYTES + (2m + 3) * VECTOR_BYTES). ACTIVATION_BYTES is
-# measured on the CPU: peak RSS over the resident engine, 2.8 KB per pixel at
-# 512 and 1024 px with 3 history pairs (benchmarks/RESULTS.md); bf16 on CUDA
-# needs less.
-ACTIVATION_BYTES = 2800
+# P * (ACTIVATION_BYTES + (2m + 3) * VECTOR_BYTES). Measured on the CPU with
+# benchmarks/memory.py: peak RSS of `stylize` over the resident engine grows by
+# 3.2 KB per pixel from 512 to 2048 px, plus ~0.14 GB that does not grow with
+# the scale (decoded photo and style, output buffers: WORKSPACE_BYTES, with a
+# margin). bf16 on CUDA needs less.
+# A tiled scale (under return_freed_memory) was measured at 1024 and 2048 px
+# with 96 and 208 px tiles: 2.1 KB per pixel of the halo-padded tile
+# (TILE_BYTES), and ~80 B per pixel of the whole image on the host (image,
+# gradient, best iterate, content targets, the TV term's temporaries:
+# TILED_HOST_BYTES) besides the L-BFGS history.
+ACTIVATION_BYTES = 3200
+TILE_BYTES = 2200
+TILED_HOST_BYTES = 100
 VECTOR_BYTES = 12
+WORKSPACE_BYTES = 200 * 10**6  # on a CPU, kept out of work_memory
 STYLE_EDGE = 1024  # see Engine._style_size
+# A forward pass without a graph (style Grams, content targets) keeps ~0.75 KB per
+# pixel at its peak (benchmarks/memory.py's machine, 512 and 1024 px).
+FORWARD_BYTES = 800
+REFINE_EDGE = 1024  # scales above it refine detail with fewer iterations (scale_iterations)
+MIN_REFINE = 10
+MIN_HISTORY = 3  # L-BFGS pairs kept at least, where memory is short (Engine._tile_for)
 
 
 def resident_bytes() -> int:
@@ -208,12 +249,31 @@ def scale_sizes(preset: Preset) -> list[int]:
     return sizes[::-1]
 
 
-def scale_iterations(preset: Preset, scales: int) -> list[int]:
+def scale_iterations(preset: Preset, sizes: Sequence[int]) -> list[int]:
+    """Iterations per scale of `sizes` (long edges, coarse to fine; see scale_sizes).
+
+    `pyramid.iterations` when listed (the last value repeats). By default each
+    coarse scale runs a tenth of `iterations` and the largest scale up to
+    REFINE_EDGE (1024 px) all of them: the picture is laid out there. A
+    scale above REFINE_EDGE only refines detail that the scale below already
+    has, so it runs `iterations` x (REFINE_EDGE / edge)^2, at least
+    MIN_REFINE: every such scale costs about what the 1024 px scale did,
+    where a full run would cost 4x more per doubling. Measured on the bundled
+    weights at 512 px from a 256 px start (benchmarks/RESULTS.md): after 25
+    iterations the picture is the one of 100, a little softer (loss 1.14
+    against 0.96): the refinement sharpens strokes and moves nothing.
+    """
     listed = preset.pyramid.iterations if preset.pyramid is not None else None
     if listed:
-        return [listed[min(i, len(listed) - 1)] for i in range(scales)]
+        return [listed[min(i, len(listed) - 1)] for i in range(len(sizes))]
     coarse = max(1, preset.iterations // 10) if preset.iterations else 0
-    return [coarse] * (scales - 1) + [preset.iterations]
+    steps = [coarse] * (len(sizes) - 1) + [preset.iterations]
+    layout = max([i for i, edge in enumerate(sizes) if edge <= REFINE_EDGE], default=0)
+    if layout < len(sizes) - 1:
+        steps[layout] = preset.iterations
+        for i in range(layout + 1, len(sizes)):
+            steps[i] = min(preset.iterations, max(MIN_REFINE, round(preset.iterations * (REFINE_EDGE / sizes[i]) ** 2)))
+    return steps
 
 
 def _digest(tensors: Sequence[torch.Tensor]) -> str:
@@ -233,8 +293,9 @@ class Engine:
 
     `max_memory` (bytes, or a string such as "6GB") bounds the engine's peak
     memory: on a CPU the whole process's, so what is resident once VGG19 is
-    loaded (`resident`, ~1 GB with torch) comes off the top and the rest is
-    `work_memory`, which may be set directly; on a GPU the device's. Batches
+    loaded (`resident`, ~1 GB with torch) and a workspace for photos
+    (WORKSPACE_BYTES) come off the top and the rest is `work_memory`, which
+    may be set directly; on a GPU the device's. Batches
     are split to fit it, and a scale that does not fit even alone runs in
     exact tiles (nst_watch.engine.tiled); EngineError when not even tiles fit.
     """
@@ -286,9 +347,10 @@ class Engine:
         self._targets: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
         self._cache_size = cache_size
         # On a CPU, max_memory bounds the whole process: what is resident now (torch,
-        # VGG19) comes off the top, and the rest is for images, tiles and history.
+        # VGG19) and the workspace come off the top; the rest is for scales, tiles and history.
         self.resident = resident_bytes() if self.device.type == "cpu" else 0
-        self.work_memory = max(self.max_memory - self.resident, 0)
+        self.reserved = self.resident + WORKSPACE_BYTES if self.device.type == "cpu" else 0
+        self.work_memory = max(self.max_memory - self.reserved, 0)
 
     @classmethod
     def from_settings(cls, settings: EngineSettings, **kwargs) -> "Engine":
@@ -380,34 +442,47 @@ class Engine:
         """Estimated peak bytes of one untiled image of hw pixels with an L-BFGS history of `history` pairs."""
         return hw[0] * hw[1] * (ACTIVATION_BYTES + (2 * history + 3) * VECTOR_BYTES)
 
-    def _tile_for(self, hw: tuple[int, int], preset: Preset) -> tuple[int, int] | None:
-        """(tile px, L-BFGS history) for a scale too big for max_memory in one piece; None where it fits.
+    def _tile_for(self, hw: tuple[int, int], preset: Preset, steps: int) -> tuple[int, int] | None:
+        """(tile px, L-BFGS history) for a scale of `steps` iterations too big for max_memory in one piece.
 
-        On a CPU the history shares the budget with the tiles and gets at
-        most half of it (a shorter history at the finest scales, where the
-        picture is refined rather than re-invented); on a GPU it lives in the
-        host's RAM. The tile is the largest, on the pooling grid, whose
-        halo-padded square fits what is left.
+        None where it fits untiled. The history never exceeds the scale's
+        iterations (it grows with the run). On a CPU the image's own host state
+        (TILED_HOST_BYTES a pixel) comes off the budget first, and the history
+        shares the rest with the tiles: at most half, but never under MIN_HISTORY pairs (a
+        shorter history at the finest scales, where the picture is refined
+        rather than re-invented; benchmarks/RESULTS.md measures what that
+        costs); on a GPU it lives in the host's RAM. The tile is the largest,
+        on the pooling grid, whose halo-padded square fits what is left.
         """
-        history = preset.history_size
+        history = min(preset.history_size, max(1, steps))
         if self.untiled_bytes(hw, history) <= self.work_memory:
             return None
         pixels = hw[0] * hw[1]
         budget = self.work_memory
         if self.device.type == "cpu":
-            history = min(history, (budget // 2 // (pixels * VECTOR_BYTES) - 3) // 2)
-            budget -= pixels * (2 * history + 3) * VECTOR_BYTES
+            half = (budget // 2 // pixels - TILED_HOST_BYTES) // (2 * VECTOR_BYTES)
+            history = min(history, max(half, MIN_HISTORY))
+            budget -= pixels * (TILED_HOST_BYTES + 2 * history * VECTOR_BYTES)
         geometry = Geometry.of([*preset.content_layers, *preset.style_layers])
-        side = int(math.sqrt(max(budget, 0) / ACTIVATION_BYTES)) - 2 * geometry.halo
+        side = int(math.sqrt(max(budget, 0) / TILE_BYTES)) - 2 * geometry.halo
         tile = side // geometry.align * geometry.align
-        if history < 5 or tile < 2 * geometry.align:
+        if tile < 2 * geometry.align:
             tiles = self.untiled_bytes((2 * geometry.halo + 4 * geometry.align,) * 2, 0)
-            need = self.resident + 2 * (tiles + pixels * 13 * VECTOR_BYTES)
+            host = pixels * (TILED_HOST_BYTES + 2 * MIN_HISTORY * VECTOR_BYTES) if self.device.type == "cpu" else 0
+            need = self.reserved + 1.25 * (tiles + host)
             raise EngineError(
                 f"preset {preset.name!r}: {hw[1]}x{hw[0]} px does not fit engine.max_memory "
                 f"({self.max_memory / 1e9:.2f} GB, {self.resident / 1e9:.2f} GB of it resident) even in tiles; "
                 f"raise max_memory to {need / 1e9:.1f} GB or more, or lower size")
         return tile, history
+
+    def _style_tile(self, hw: tuple[int, int], preset: Preset) -> int | None:
+        """Tile px for the Gram pass of a style image of hw pixels, None where it fits whole in work_memory."""
+        if hw[0] * hw[1] * FORWARD_BYTES <= self.work_memory:
+            return None
+        geometry = Geometry.of(preset.style_layers)
+        side = int(math.sqrt(self.work_memory / FORWARD_BYTES)) - 2 * geometry.halo
+        return max(side // geometry.align, 2) * geometry.align
 
     def _lbfgs_tiled(self, objective: TiledObjective, x: torch.Tensor, history: int, steps: int,
                      clock: "_Clock") -> tuple[torch.Tensor, _Terms]:
@@ -483,7 +558,7 @@ class Engine:
         # Coarse scales too small for the deepest layer are skipped; only
         # the full size can be too small, which is the photo's or preset's fault.
         schedule = [
-            (edge, steps) for edge, steps in zip(sizes, scale_iterations(preset, len(sizes)))
+            (edge, steps) for edge, steps in zip(sizes, scale_iterations(preset, sizes))
             if edge == preset.size or min(fit_long_edge(*batch.shape[-2:], edge)) >= need
         ]
         sizes, iterations = [edge for edge, _ in schedule], [steps for _, steps in schedule]
@@ -502,22 +577,24 @@ class Engine:
             hw = fit_long_edge(*batch.shape[-2:], edge) if edge != preset.size else final_hw
             content = resize(batch, hw)
             t0 = time.perf_counter()
-            tile = self._tile_for(hw, preset) if len(batch) == 1 else None
-            if tile is None:
-                objective, param = self._setup_scale(content, preset, styles, edge, image)
-            else:
-                # Too big for max_memory in one piece: the exact tiled objective, with the
-                # image and the L-BFGS history on the host and only tiles on the device.
-                objective = self._tiled_objective(content, preset, styles, edge, tile[0], autocast=self.bf16)
-                first = color.luminance(content) if preset.color == "luminance" else content
-                param = self._initial(first, preset, image).detach().to("cpu", memory_format=torch.contiguous_format)
-                timings["tiles"] = float(len(objective.tiles))
-            timings["style_targets"] += time.perf_counter() - t0
-            clock.begin_scale(scale, hw, steps, param)
-            if tile is None:
-                image, terms = self._optimise(objective, param, preset, steps, clock)
-            else:
-                image, terms = self._lbfgs_tiled(objective, param, tile[1], steps, clock)
+            tile = self._tile_for(hw, preset, steps) if len(batch) == 1 else None
+            with return_freed_memory(tile is not None and self.device.type == "cpu"):
+                if tile is None:
+                    objective, param = self._setup_scale(content, preset, styles, edge, image)
+                else:
+                    # Too big for max_memory in one piece: the exact tiled objective, with the
+                    # image and the L-BFGS history on the host and only tiles on the device.
+                    objective = self._tiled_objective(content, preset, styles, edge, tile[0], autocast=self.bf16)
+                    first = color.luminance(content) if preset.color == "luminance" else content
+                    param = self._initial(first, preset, image).detach()
+                    param = param.to("cpu", memory_format=torch.contiguous_format)
+                    timings["tiles"] = float(len(objective.tiles))
+                timings["style_targets"] += time.perf_counter() - t0
+                clock.begin_scale(scale, hw, steps, param)
+                if tile is None:
+                    image, terms = self._optimise(objective, param, preset, steps, clock)
+                else:
+                    image, terms = self._lbfgs_tiled(objective, param, tile[1], steps, clock)
         image = image.to(self.device)
         if terms is not None:
             terms = _Terms(*(t.to(self.device) for t in (terms.content, terms.style, terms.tv)))
@@ -632,9 +709,15 @@ class Engine:
             elif preset.color == "luminance":
                 y = color.match_luminance(color.luminance(style), color.luminance(content))
                 style = y.expand(-1, 3, -1, -1)
+            self.style_passes += 1
+            tile = self._style_tile(tuple(style.shape[-2:]), preset)
+            if tile is not None:  # a style image whose forward pass alone exceeds max_memory
+                per_style.append(gram_matrices(extractor, style, preset.style_layers, tile, device=self.device,
+                                               dtype=self.dtype, autocast=self.bf16,
+                                               channels_last=self.channels_last))
+                continue
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 features = extractor(style)
-            self.style_passes += 1
             per_style.append({name: gram_matrix(features[name]) for name in preset.style_layers})
         blend = [s.weight for s in preset.styles]
         return {name: blend_grams([g[name] for g in per_style], blend) for name in preset.style_layers}
@@ -769,6 +852,7 @@ class _Clock:
         self.first_bad: torch.Tensor | None = None
         self.last_terms: _Terms | None = None
         self.last_i = 0
+        self.passes = 0  # tile passes per iteration, once a tiled scale has reported one
         # The image at the start of the early-stop window.
         self.anchor = image.detach().clone() if self.early_stop is not None else None
 
@@ -815,11 +899,14 @@ class _Clock:
 
     def tile(self, done: int, total: int) -> None:
         """A tiled iteration's progress: `done` of `total` tile passes (a 24 MP iteration must not look hung)."""
-        self._report(tile=done, tiles=total)
+        self.passes = total
+        self._report(tile=done, inside=True)
 
-    def _report(self, tile: int = 0, tiles: int = 0) -> None:
-        # An iteration's end needs its terms; a tile report may come before any are known.
-        if self.callback is None or (not tiles and self.last_terms is None):
+    def _report(self, tile: int = 0, inside: bool = False) -> None:
+        # Inside an iteration there are tile passes but perhaps no terms yet. At an
+        # iteration's end a tiled scale still says how many passes an iteration
+        # takes (tile 0/n), so a status view does not flicker between the two.
+        if self.callback is None or (not inside and self.last_terms is None):
             return
         if self.last_terms is None:  # inside a scale's first tiled iteration: no loss known yet
             content = style = tv = 0.0
@@ -829,9 +916,9 @@ class _Clock:
         self.callback(
             Progress(
                 preset=self.preset, images=self.images, scale=self.scale, scales=self.scales,
-                width=self.hw[1], height=self.hw[0], iteration=self.last_i + (1 if tiles else 0),
+                width=self.hw[1], height=self.hw[0], iteration=self.last_i + inside,
                 iterations=self.iterations, step=self.done, steps=self.steps, loss=content + style + tv,
                 content=content, style=style, tv=tv, elapsed=time.perf_counter() - self.start,
-                tile=tile, tiles=tiles,
+                tile=tile, tiles=self.passes,
             )
         )

@@ -119,6 +119,44 @@ def _gram_sum(features: torch.Tensor) -> torch.Tensor | float:
     return gram_matrix(features)[0] * positions if positions else 0.0
 
 
+def crop(tile: Tile, image: torch.Tensor, device: torch.device, dtype: torch.dtype,
+         channels_last: bool) -> torch.Tensor:
+    """The region `tile` reads from `image` [1, C, H, W], on the compute device."""
+    top, bottom, left, right = tile.read
+    x = image[..., top:bottom, left:right].to(device, dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def owned(tile: Tile, features: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+    """The positions of layer `name`'s features that `tile` owns (float32, or float64)."""
+    f = features[name]
+    ys, xs = tile.owned_positions(min_edge([name]), tuple(f.shape[-2:]))  # a layer's stride is its min_edge
+    return wide(f[..., ys, xs])
+
+
+def gram_matrices(extractor: FeatureExtractor, image: torch.Tensor, layers: Sequence[str], tile: int, *,
+                  device: torch.device, dtype: torch.dtype = torch.float32, autocast: bool = False,
+                  channels_last: bool = True) -> dict[str, torch.Tensor]:
+    """Gram matrices [1, C, C] of `image` [1, 3, H, W] at `layers`, computed `tile` px at a time.
+
+    Equal to losses.gram_matrix of the untiled features (a Gram is a sum
+    over positions, divided by their number), for a style image whose
+    forward pass does not fit in memory whole. No graph is kept.
+    """
+    geometry = Geometry.of(layers)
+    sums: dict[str, torch.Tensor | float] = {name: 0.0 for name in layers}
+    counts = dict.fromkeys(layers, 0)
+    with torch.no_grad():
+        for t in tiles(*image.shape[-2:], tile, geometry):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                features = extractor(crop(t, image, device, dtype, channels_last))
+            for name in layers:
+                f = owned(t, features, name)
+                sums[name] = sums[name] + _gram_sum(f)
+                counts[name] += f.shape[-2] * f.shape[-1]
+    return {name: (sums[name] / counts[name])[None] for name in layers}
+
+
 @dataclass
 class TiledTerms:
     """Weighted objective terms of one image (floats), as the untiled objective's."""
@@ -173,19 +211,11 @@ class TiledObjective:
     # --- setup -------------------------------------------------------------------
 
     def _crop(self, tile: Tile, image: torch.Tensor) -> torch.Tensor:
-        """The region `tile` reads, on the compute device."""
-        top, bottom, left, right = tile.read
-        x = image[..., top:bottom, left:right].to(self.device, self.dtype)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+        return crop(tile, image, self.device, self.dtype, self.channels_last)
 
     def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.extractor(self.render(x))
-
-    def _owned(self, tile: Tile, features: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
-        f = features[name]
-        ys, xs = tile.owned_positions(min_edge([name]), tuple(f.shape[-2:]))  # a layer's stride is its min_edge
-        return wide(f[..., ys, xs])
 
     def _content_targets(self, content: torch.Tensor) -> None:
         counts = {name: 0 for name in (*self.content_layers, *self.style_layers)}
@@ -193,12 +223,13 @@ class TiledObjective:
         with torch.no_grad():
             for tile in self.tiles:
                 features = self._run(self._crop(tile, content))
-                owned = {name: self._owned(tile, features, name) for name in counts}
-                for name, f in owned.items():
+                kept = {name: owned(tile, features, name) for name in counts}
+                for name, f in kept.items():
                     counts[name] += f.shape[-2] * f.shape[-1]
                 for name in self.content_layers:
-                    energy[name] += float(owned[name].double().pow(2).sum())
-                self.targets.append({name: owned[name].to(content.device) for name in self.content_layers})
+                    energy[name] += float(kept[name].double().pow(2).sum())
+                # A copy, not the view: a view would keep the tile's whole feature map, halo included, alive.
+                self.targets.append({name: kept[name].to(content.device, copy=True) for name in self.content_layers})
         self.positions = counts
         channels = {name: self.targets[0][name].shape[1] for name in self.content_layers}
         # mean of the target's squares over channels and positions, as ContentLoss
@@ -211,7 +242,7 @@ class TiledObjective:
         """This tile's share of the weighted content term."""
         total = torch.zeros((), device=self.device, dtype=self.dtype)
         for name in self.content_layers:
-            f = self._owned(tile, features, name)
+            f = owned(tile, features, name)
             target = self.targets[tile_index][name].to(self.device)
             share = (f - target).pow(2).sum() / (f.shape[1] * self.positions[name] * self.content_energy[name])
             total = total + share
@@ -236,7 +267,7 @@ class TiledObjective:
                 features = self._run(self._crop(tile, image))
                 report(i + 1, passes)
                 for name in self.style_layers:
-                    grams[name] = grams[name] + _gram_sum(self._owned(tile, features, name))
+                    grams[name] = grams[name] + _gram_sum(owned(tile, features, name))
         style = 0.0
         coefficients = {}
         for name in self.style_layers:
@@ -256,7 +287,7 @@ class TiledObjective:
             surrogate = self._content_sum(i, tile, features)
             content += float(surrogate.detach())
             for name in self.style_layers:
-                tile_gram = _gram_sum(self._owned(tile, features, name)) / self.positions[name]
+                tile_gram = _gram_sum(owned(tile, features, name)) / self.positions[name]
                 surrogate = surrogate + (coefficients[name] * tile_gram).sum()
             surrogate.backward()
             top, bottom, left, right = tile.read
