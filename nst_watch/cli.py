@@ -16,9 +16,11 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import Config, EngineSettings, load_config, preset_from_styles, with_overrides
+from .config import (DEFAULT_HTTP, Config, EngineSettings, load_config, parse_http, preset_from_styles,
+                     with_overrides)
 from .errors import EXIT_FAILURE, ConfigError, NstWatchError
 from .logs import setup_logging
+from .service.status import RECENT
 
 log = logging.getLogger("nst_watch")
 
@@ -341,9 +343,22 @@ _config_option = click.option("-c", "--config", "config_path", required=True, ty
                               help="Config file (YAML).")
 
 
+def _http_address(text: str) -> str:
+    parse_http(text)  # ValueError: a usage error naming --http
+    return text
+
+
+_http_option = click.option(
+    "--http", "http", is_flag=False, flag_value=DEFAULT_HTTP, default=None, metavar="[HOST:PORT]",
+    callback=lambda ctx, param, value: _convert(_http_address, ctx, param, value),
+    help=f"Serve the web view (overrides service.http); alone: {DEFAULT_HTTP}. Beyond 127.0.0.1 it needs "
+    "service.http_token.")
+
+
 @main.command()
 @_config_option
-def run(config_path: Path) -> None:
+@_http_option
+def run(config_path: Path, http: str | None) -> None:
     """Run the hot-folder daemon in the foreground: watcher plus one worker.
 
     SIGTERM/SIGINT finish the running job (within service.grace_seconds) and
@@ -351,16 +366,17 @@ def run(config_path: Path) -> None:
     """
     from .service.daemon import Daemon
 
-    sys.exit(Daemon(config_path, role="run", live_view=sys.stderr.isatty()).serve())
+    sys.exit(Daemon(config_path, role="run", live_view=sys.stderr.isatty(), http=http).serve())
 
 
 @main.command()
 @_config_option
-def watch(config_path: Path) -> None:
+@_http_option
+def watch(config_path: Path, http: str | None) -> None:
     """Watch folders and fill the ledger, without an engine (pair with `work`)."""
     from .service.daemon import Daemon
 
-    sys.exit(Daemon(config_path, role="watch").serve())
+    sys.exit(Daemon(config_path, role="watch", http=http).serve())
 
 
 @main.command()
@@ -384,14 +400,14 @@ def _ledger(config: Config):
 @main.command()
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--recent", default=10, show_default=True, help="How many recent jobs to list.")
+@click.option("--recent", default=RECENT, show_default=True, help="How many recent jobs to list.")
 def status(config_path: Path, as_json: bool, recent: int) -> None:
     """Whether a daemon runs, job counts, processes and their jobs, entries not taken, recent jobs, failures.
 
     --json prints one object; "running" is false when no daemon or worker is
     alive. File names are escaped, never printed raw.
     """
-    from .service.status import render, snapshot
+    from .service.status import render, snapshot, to_json
 
     config = load_config(config_path)
     if config.ledger_path.exists():
@@ -406,8 +422,7 @@ def status(config_path: Path, as_json: bool, recent: int) -> None:
         with tempfile.TemporaryDirectory() as scratch, Ledger(Path(scratch) / "jobs.db") as ledger:
             snap = snapshot(config.state_dir, ledger, recent=recent)
     if as_json:
-        # ASCII with \u escapes is valid in any locale; snapshot() already made all text valid Unicode.
-        click.echo(json.dumps(snap, indent=2, ensure_ascii=True, allow_nan=False))
+        click.echo(to_json(snap))
     else:
         from rich.console import Console
 

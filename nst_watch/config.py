@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, SecretStr, ValidationError,
+                      field_validator, model_validator)
 
 from .errors import ConfigError
 
@@ -201,7 +202,10 @@ class EngineSettings(_Strict):
         "runs in tiles (default: 80% of the GPU's free memory, or half the available RAM on a CPU)")
 
 
-DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.tif", "*.tiff", "*.webp", "*.heic", "*.heif"]
+# Matched case-insensitively (IMG_0001.CR3 too). The RAW suffixes are the common
+# cameras'; LibRaw reads more (add "*.pef", "*.srw"... to a watch's include).
+DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.tif", "*.tiff", "*.webp", "*.heic", "*.heif",
+                   "*.dng", "*.cr2", "*.cr3", "*.nef", "*.arw", "*.raf", "*.orf", "*.rw2"]
 
 
 class Watch(_Strict):
@@ -254,6 +258,45 @@ class Watch(_Strict):
         return self.recursive or self.route == "subfolders"
 
 
+DEFAULT_HTTP = "127.0.0.1:8765"  # the web view's address when --http is given without one
+MIN_TOKEN = 16
+TOKEN_HINT = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def parse_http(text: str) -> tuple[str, int]:
+    """("127.0.0.1", 8765) from "127.0.0.1:8765"; IPv6 in brackets ("[::1]:8765"); ValueError saying the form."""
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("write an IPv6 address in brackets, e.g. [::1]:8765")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"give HOST:PORT, e.g. {DEFAULT_HTTP} (a port from 1 to 65535)")
+    return host, int(port)
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1: addresses only this machine can reach."""
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to anything
+
+
+def http_problem(http: str, token: SecretStr | None) -> str | None:
+    """Why the web view may not listen on `http` (HOST:PORT, well formed) with `token`; None when it may."""
+    host, port = parse_http(http)
+    if token is None and not is_loopback(host):
+        return (f"the web view on {http} would let anyone who can reach {host} see the photos and retry jobs: "
+                f"set service.http_token to a long random string (e.g. the output of `{TOKEN_HINT}`), "
+                f"or listen on 127.0.0.1:{port} only")
+    return None
+
+
 class ServiceSettings(_Strict):
     """The daemon and its workers."""
 
@@ -262,6 +305,31 @@ class ServiceSettings(_Strict):
     max_attempts: int = Field(3, ge=1)
     grace_seconds: float = Field(30, ge=0, description="on SIGTERM, time for the running job to finish")
     reconcile_seconds: float = Field(120, gt=0, description="full rescan of every watch, for lost events")
+    http: str | None = Field(None, description=f"HOST:PORT of the web view, e.g. {DEFAULT_HTTP}; null = off")
+    http_token: SecretStr | None = Field(
+        None, description="every web view request must carry it; required to listen beyond 127.0.0.1")
+
+    @field_validator("http")
+    @classmethod
+    def _http_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_http(value)
+        return value
+
+    @field_validator("http_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < MIN_TOKEN:
+            raise ValueError(f"too short to resist guessing: use at least {MIN_TOKEN} characters, e.g. the "
+                             f"output of `{TOKEN_HINT}`")
+        return value
+
+    @model_validator(mode="after")
+    def _open_bind_needs_token(self) -> "ServiceSettings":
+        problem = self.http and http_problem(self.http, self.http_token)
+        if problem:
+            raise ValueError(f"service.http: {problem}")
+        return self
 
 
 class Config(_Strict):
@@ -556,7 +624,8 @@ def resolve_preset(preset: Preset, base: Path, *, source: str, key: str, text: s
 def style_image_size(path: Path) -> tuple[int, int]:
     """(width, height) of a style image as the engine will see it (EXIF orientation applied).
 
-    Reads the header only. ValueError naming the file when it is not an
+    A camera RAW or HEIC serves as well as a JPEG (sized as developed and
+    turned upright). Reads the header only. ValueError naming the file when it is not an
     image nst-watch reads.
     """
     from PIL import UnidentifiedImageError
@@ -604,6 +673,17 @@ def preset_from_styles(styles: list[str], **settings: Any) -> Preset:
     """An ad-hoc preset for `nst-watch stylize --style IMG ...`; ConfigError names --style."""
     preset = validate(Preset, {"name": "custom", "styles": styles, **settings}, source="command line")
     return resolve_preset(preset, Path.cwd(), source="command line", key="--style")
+
+
+def with_http(config: Config, http: str) -> Config:
+    """`config` with its web view on `http` (the --http flag, which overrides service.http); ConfigError if refused."""
+    try:
+        problem = http_problem(http, config.service.http_token)
+    except ValueError as exc:
+        problem = str(exc)
+    if problem:
+        raise ConfigError(f"--http {http}: {problem}")
+    return config.model_copy(update={"service": config.service.model_copy(update={"http": http})})
 
 
 def with_overrides(preset: Preset, **overrides: Any) -> Preset:

@@ -13,6 +13,18 @@ import time
 log = logging.getLogger("nst_watch.progress")
 
 
+def steps_done(event) -> float:
+    """Steps done, with the running iteration's share of tile passes on a tiled scale."""
+    tiles = getattr(event, "tiles", 0)
+    return event.step + (event.tile / tiles if tiles else 0)
+
+
+def eta_seconds(event) -> float | None:
+    """Seconds left at the pace so far (an upper bound: early stopping may end sooner); None before any step."""
+    done = steps_done(event)
+    return event.elapsed / done * (event.steps - done) if done else None
+
+
 class ProgressDisplay:
     """Use as a context manager; call it with each Progress event."""
 
@@ -55,13 +67,12 @@ class ProgressDisplay:
             + (f" loss {event.loss:.4g} (content {event.content:.3g}, style {event.style:.3g})"
                if event.loss else "")
         )
-        # Steps done, with the running iteration's share of tile passes on a tiled scale.
-        done = event.step + (event.tile / tiles if tiles else 0)
         if self._bar is not None:
-            self._bar.update(self._task, total=event.steps, completed=done, detail=detail)
+            self._bar.update(self._task, total=event.steps, completed=steps_done(event), detail=detail)
             return
         now = time.monotonic()
         if event.step == event.steps or now - self._last_log >= self.plain_interval or event.step == 1:
             self._last_log = now
-            eta = f"{event.elapsed / done * (event.steps - done):.0f}s" if done else "unknown"
+            left = eta_seconds(event)
+            eta = "unknown" if left is None else f"{left:.0f}s"
             log.info("%s: step %d/%d, %s, eta %s", self.label, event.step, event.steps, detail, eta)

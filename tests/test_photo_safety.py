@@ -143,10 +143,11 @@ def test_format_outside_a_callers_allow_list(tmp_path):
     assert error.fix == "convert it to JPEG" and "config" not in str(error)
 
 
-def test_raw_files_are_refused_by_name(tmp_path):
+def test_a_raw_name_on_content_libraw_cannot_read_is_refused(tmp_path):
     path = tmp_path / "DSC_0001.NEF"
-    path.write_bytes(b"II*\x00" + b"\0" * 64)  # RAW files are TIFF-like
-    assert "RAW" in reason(path).reason
+    path.write_bytes(b"II*\x00" + b"\0" * 64)  # RAW files are TIFF-like: the suffix sends it to LibRaw
+    error = reason(path)
+    assert "LibRaw cannot read this camera RAW file" in error.reason and error.permanent
 
 
 def test_every_refusal_has_its_own_message(tmp_path, monkeypatch):

@@ -557,10 +557,14 @@ def test_300_files_at_once_arrive_and_dedupe_to_300_ready(inbox, make_watcher, p
 
 
 def test_package_never_imports_torch():
+    """Neither the watcher nor its web view (`nst-watch watch --http`) loads torch."""
     import subprocess
 
     code = (
-        "import sys, nst_watch.watch, nst_watch.watch.observer, nst_watch.watch.settle;"
+        "import sys, tempfile, pathlib, nst_watch.watch, nst_watch.watch.observer, nst_watch.watch.settle;"
+        "import nst_watch.service.daemon; from nst_watch.service.web.app import create_app;"
+        "from nst_watch.jobs import Ledger; state = pathlib.Path(tempfile.mkdtemp());"
+        "create_app(state, Ledger(state / 'jobs.db'));"
         "bad = [m for m in ('torch', 'torchvision', 'nst_watch.engine', 'nst_watch.darkroom') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -1,8 +1,10 @@
 """Photo I/O that photographers can trust (no torch here: the watcher imports it).
 
 Decoding (:func:`load_photo`)
-    Allow-listed formats only (JPEG, PNG, TIFF, WebP; HEIF when the optional
-    pillow-heif is installed), recognised by content, not by name. Symlinks,
+    Allow-listed formats only (JPEG, PNG, TIFF, WebP; HEIC/HEIF through
+    pillow-heif; camera RAW through rawpy/LibRaw, developed with the camera
+    white balance into 16-bit sRGB), recognised by content, not by name (RAW
+    formats that are plain TIFF containers: by their suffix). Symlinks,
     FIFOs, devices and empty files are refused from ``lstat`` before anything
     is opened. The pixel count is checked from the header before decoding
     (``max_pixels``), Pillow's DecompressionBombWarning is an error, and the
@@ -31,13 +33,17 @@ Alpha
     matrix profiles are converted at full precision in numpy; LUT-based and
     CMYK profiles only at 8 bits (logged and noted). Writing a 16-bit source
     as 8-bit is logged and reported in ``SaveResult.notes`` and the sidecar;
-    ``bit_depth=16`` writes a 16-bit TIFF. HEIF is decoded at 8 bits.
+    ``bit_depth=16`` writes a 16-bit TIFF. Camera RAW is developed at 16
+    bits; 8-bit HEIF at 8, 10- and 12-bit HEIF at full precision (16).
 
 Metadata
     EXIF is carried with Orientation=1, new pixel dimensions, no IFD1
     thumbnail, GPS optionally stripped; XMP is carried (orientation,
     dimensions and, if asked, GPS updated). IPTC is not written (Pillow
-    cannot). TIFF outputs are written by tifffile for 8 and 16 bits.
+    cannot). TIFF outputs are written by tifffile for 8 and 16 bits. A
+    camera RAW's EXIF is its own (TIFF-based RAWs, or the embedded preview's)
+    with what LibRaw read (exposure, aperture, ISO, focal length, lens,
+    capture time) filled in, so it travels like a JPEG's.
     A JPEG holds at most 64 KB each of EXIF and XMP: bulkier source metadata
     is trimmed (huge MakerNote/UserComment, Photoshop DocumentAncestors,
     edit history; camera, lens, exposure and dates stay), or dropped whole,
@@ -55,13 +61,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from .atomic import TEMP_PREFIX, clean_temp_files
-from .decode import DEFAULT_FORMATS, HEIF_AVAILABLE, Photo, load_photo
+from .decode import DEFAULT_FORMATS, HEIF_AVAILABLE, RAW_AVAILABLE, Photo, load_photo
 from .encode import SaveResult, save_photo
 from .naming import TOKENS, output_path, render_name, validate_template
 
 __all__ = [
     "DEFAULT_FORMATS",
     "HEIF_AVAILABLE",
+    "RAW_AVAILABLE",
     "TEMP_PREFIX",
     "TOKENS",
     "Photo",

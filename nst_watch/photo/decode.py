@@ -7,12 +7,29 @@ full decode inside error handling (Pillow opens lazily, so a truncated file
 only fails at load()). Warnings Pillow raises meanwhile ("Possibly corrupt
 EXIF data", "malformed MPO file"...) become notes on the Photo and log lines
 naming the file, never raw stderr output.
+
+Formats: JPEG, PNG, TIFF and WebP through Pillow (16-bit TIFF through
+tifffile); HEIC/HEIF through pillow-heif, whose libheif applies the
+container's rotation and mirroring and resets the EXIF orientation to 1, so
+the picture is turned upright exactly once (10- and 12-bit HEIC keep their
+precision: bit_depth 16); camera RAW (DNG, CR2, CR3, NEF, ARW, RAF, ORF, RW2
+and the rest of LibRaw's list) through rawpy. A RAW is recognised by content
+(DNGVersion tag, the ORF/RW2/CR3/RAF/CR2 signatures) or, for the TIFF-like
+and unknown content most RAW formats have, by its suffix. Its bytes are read
+once from the checked descriptor, hashed, and handed to LibRaw from memory;
+its pixel count is checked from LibRaw's header parse before anything is
+demosaiced. It is developed with the camera's white balance into 16-bit sRGB
+(no auto-brightening: the camera's exposure, the same for every frame of a
+shoot), turned upright by LibRaw from the camera's orientation, and its
+camera, lens, exposure and date become an EXIF block like a JPEG's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import math
 import os
 import re
 import stat
@@ -21,11 +38,12 @@ import sys
 import warnings
 import zlib
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import tifffile
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, TiffImagePlugin
 
 from nst_watch.errors import PhotoError
 
@@ -33,20 +51,34 @@ from . import color, metadata
 
 log = logging.getLogger("nst_watch.photo")
 
-try:  # optional extra: `pip install nst-watch[heif]`
+# pillow-heif and rawpy are dependencies; a missing one (a hand-made
+# environment) only costs its formats, with a PhotoError saying what to install.
+try:
     import pillow_heif
 
     pillow_heif.register_heif_opener()
     HEIF_AVAILABLE = True
 except ImportError:
+    pillow_heif = None
     HEIF_AVAILABLE = False
+try:
+    import rawpy
+
+    RAW_AVAILABLE = True
+except ImportError:
+    rawpy = None
+    RAW_AVAILABLE = False
 
 BASE_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP")
-DEFAULT_FORMATS = BASE_FORMATS + (("HEIF",) if HEIF_AVAILABLE else ())
+KNOWN_FORMATS = BASE_FORMATS + ("HEIF", "RAW")  # what load_photo can decode with every dependency installed
+DEFAULT_FORMATS = BASE_FORMATS + (("HEIF",) if HEIF_AVAILABLE else ()) + (("RAW",) if RAW_AVAILABLE else ())
 _ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
 _RAW_SUFFIXES = {".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".iiq", ".k25", ".kdc",
                  ".mef", ".mos", ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl",
                  ".sr2", ".srf", ".srw", ".x3f"}
+# RAW formats whose first bytes say so: Olympus ORF, Panasonic RW2 (TIFF with
+# their own magic numbers) and Fujifilm RAF. CR3 is an ISO-BMFF "crx " file.
+_RAW_SIGNATURES = (b"IIRO", b"IIRS", b"MMOR", b"IIU\x00", b"FUJIFILMCCD-RAW")
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error, zlib.error)
 _FILE_KINDS = [(stat.S_ISFIFO, "a FIFO/named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -60,11 +92,11 @@ class Photo:
     path: Path
     pixels: np.ndarray  # float32 HxWx3, sRGB, [0, 1], upright
     alpha: np.ndarray | None  # float32 HxW in [0, 1], or None
-    bit_depth: int  # 8 or 16 per channel, of the source
-    format: str  # "JPEG", "PNG", "TIFF", "WEBP", "HEIF"
-    icc_profile: bytes | None  # the source profile as embedded
+    bit_depth: int  # 8 or 16 per channel, of the source (16 for RAW and 10/12-bit HEIF)
+    format: str  # "JPEG", "PNG", "TIFF", "WEBP", "HEIF" or "RAW" (any camera RAW LibRaw reads)
+    icc_profile: bytes | None  # the source profile as embedded (None for RAW: developed straight into sRGB)
     color_space: str  # e.g. "sRGB", "Adobe RGB (1998)", "CMYK (untagged)"
-    exif: bytes | None  # EXIF as read, before our edits (TIFF: its descriptive tags)
+    exif: bytes | None  # EXIF as read, before our edits (TIFF: its descriptive tags; RAW: built, Orientation 1)
     xmp: bytes | None
     sha256: str  # of the file's bytes
     notes: list[str] = field(default_factory=list)  # conversions done, things to report
@@ -79,33 +111,40 @@ class Photo:
 
 
 def load_photo(path, *, max_pixels: int = 100_000_000, formats=DEFAULT_FORMATS) -> Photo:
-    """Decode `path` safely; every failure is a PhotoError with a clear reason.
+    """Decode `path` safely into float32 HxWx3 sRGB pixels in [0, 1], upright.
 
-    `max_pixels` bounds width x height (checked from the header, before
-    decoding); `formats` is the allow-list of input formats (ValueError for
-    names nst-watch cannot decode). What was converted, and any warning from
-    the decoders, is listed in Photo.notes (warnings are also logged on the
-    "nst_watch.photo" logger).
+    Every failure is a PhotoError naming the file, with a reason and a fix;
+    `permanent` is False only where retrying can help (permission denied,
+    out of memory). `max_pixels` bounds width x height (checked from the
+    header, before decoding); `formats` is the allow-list of input formats,
+    from JPEG, PNG, TIFF, WEBP, HEIF and RAW (ValueError for other names).
+    What was converted, and any warning from the decoders, is listed in
+    Photo.notes (warnings are also logged on the "nst_watch.photo" logger).
     """
     path = Path(path)
     allowed = normalise_formats(formats)
     _check_file(path)
-    if path.suffix.lower() in _RAW_SUFFIXES:
-        raise PhotoError(path, "camera RAW files are not supported", "develop it and export a TIFF or JPEG")
     with _open_regular(path) as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-        f.seek(0)
         kind = _sniff(path, f, allowed)
-        fields = _decode(path, f, kind, max_pixels)
+        if kind == "RAW":
+            # LibRaw needs the whole file in memory anyway: read it once, so the
+            # bytes hashed are exactly the bytes developed.
+            data = _read_raw_bytes(path, f, max_pixels)
+            digest = hashlib.sha256(data).hexdigest()
+            fields = _decode(path, io.BytesIO(data), kind, max_pixels)
+        else:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+            f.seek(0)
+            fields = _decode(path, f, kind, max_pixels)
     return Photo(path=path, format=kind, sha256=digest, **fields)
 
 
 def normalise_formats(formats) -> tuple[str, ...]:
     """Upper-case, de-aliased allow-list; ValueError for formats we cannot decode."""
     names = tuple(_ALIASES.get(str(f).upper(), str(f).upper()) for f in formats)
-    unknown = [n for n in names if n not in BASE_FORMATS + ("HEIF",)]
+    unknown = [n for n in names if n not in KNOWN_FORMATS]
     if unknown:
-        raise ValueError(f"unsupported input format(s) {unknown}; choose from JPEG, PNG, TIFF, WEBP, HEIF")
+        raise ValueError(f"unsupported input format(s) {unknown}; choose from {', '.join(KNOWN_FORMATS)}")
     return names
 
 
@@ -168,21 +207,60 @@ def _magic(head: bytes) -> str | None:
 def _sniff(path: Path, f, allowed: tuple[str, ...]) -> str:
     head = f.read(32)
     f.seek(0)
-    kind = _magic(head)
+    kind = _content_kind(path, f, head)
     if kind is None:
-        raise PhotoError(path, "not a JPEG/PNG/TIFF/WebP image (the content is not a known image format)",
+        raise PhotoError(path, "not a JPEG/PNG/TIFF/WebP image, nor a HEIC or camera RAW (the content is "
+                         "not a known image format)",
                          "check that this really is a photo; renaming a file does not convert it")
     if kind == "HEIF" and not HEIF_AVAILABLE:
-        raise PhotoError(path, "HEIF/HEIC image, but the optional pillow-heif package is not installed",
-                         "pip install 'nst-watch[heif]', or export a JPEG")
+        raise PhotoError(path, "HEIF/HEIC image, but the pillow-heif package is not installed",
+                         "pip install pillow-heif, or export a JPEG")
+    if kind == "RAW" and not RAW_AVAILABLE:
+        raise PhotoError(path, "camera RAW file, but the rawpy package (LibRaw) is not installed",
+                         "pip install rawpy, or develop it and export a TIFF or JPEG")
     if kind not in allowed:
-        # There is no setting that admits other formats: say what to convert to.
-        if kind in BASE_FORMATS + ("HEIF",):  # decodable, but this caller's allow-list excludes it
+        # There is no setting that admits other formats: say what to convert to
+        # (nobody converts to RAW, so it is never suggested while another format is allowed).
+        targets = [n for n in allowed if n != "RAW"] or ["DNG"]
+        if kind == "RAW":
+            raise PhotoError(path, f"camera RAW images are not accepted here (only {', '.join(allowed)})",
+                             f"develop it and export {_or_list(targets)}")
+        if kind in KNOWN_FORMATS:  # decodable, but this caller's allow-list excludes it
             raise PhotoError(path, f"{kind} images are not accepted here (only {', '.join(allowed)})",
-                             f"convert it to {_or_list(allowed)}")
+                             f"convert it to {_or_list(targets)}")
         how = _CONVERT_HINTS.get(kind, "for example by saving a copy from an image editor")
-        raise PhotoError(path, f"{kind} images are not supported", f"convert it to {_or_list(allowed)}, {how}")
+        raise PhotoError(path, f"{kind} images are not supported", f"convert it to {_or_list(targets)}, {how}")
     return kind
+
+
+def _content_kind(path: Path, f, head: bytes) -> str | None:
+    """The format of `f` (open at offset 0; `head` its first 32 bytes): a `_magic` name, or "RAW".
+
+    A RAW is recognised by content where it can be (a RAW signature, Canon's
+    "CR" in a TIFF header, a DNGVersion tag: a DNG named .tif is developed,
+    not shown as its thumbnail); most RAW formats are plain TIFF containers
+    or have no signature we know, and those are taken by their suffix: LibRaw
+    checks the content itself, and says so when it is not a RAW.
+    """
+    kind = _magic(head)
+    if head.startswith(_RAW_SIGNATURES) or head[4:12] == b"ftypcrx ":
+        return "RAW"
+    if kind in ("TIFF", None) and path.suffix.lower() in _RAW_SUFFIXES:
+        return "RAW"
+    if kind == "TIFF" and (head[8:10] == b"CR" or _has_dng_version(f)):
+        return "RAW"
+    return kind
+
+
+def _has_dng_version(f) -> bool:
+    """True when the TIFF in `f` has DNGVersion (tag 50706) in its first IFD; `f` is left at offset 0."""
+    try:
+        with tifffile.TiffFile(f) as tif:  # a file object tifffile did not open stays open
+            return 50706 in tif.pages[0].tags
+    except _DECODE_ERRORS:  # unreadable here: the TIFF decoder reports why, in detail
+        return False
+    finally:
+        f.seek(0)
 
 
 _CONVERT_HINTS = {
@@ -225,13 +303,7 @@ def _decode(path: Path, f, kind: str, max_pixels: int) -> dict:
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            im = _open_image(path, f, kind, max_pixels)
-            if kind == "TIFF" and (im is None or max(_tiff_bits(im)) > 8):
-                fields = _load_tiff16(path, f, im, max_pixels, notes)
-            elif kind == "PNG" and _png_is_16bit(im):
-                fields = _load_pillow16(path, f, im, notes)
-            else:
-                fields = _load_8bit(path, im, kind, notes)
+            fields = _load(path, f, kind, max_pixels, notes)
             # Parse the EXIF the way the encoder will, so corrupt-EXIF warnings
             # surface here, on this photo, rather than while saving.
             metadata.output_exif(fields["exif"], 1, 1, strip_gps=False)
@@ -250,6 +322,20 @@ def _decode(path: Path, f, kind: str, max_pixels: int) -> dict:
         finally:
             _report_warnings(path, caught, notes)
     return {**fields, "notes": notes}
+
+
+def _load(path: Path, f, kind: str, max_pixels: int, notes: list[str]) -> dict:
+    """The Photo fields of `f`, from the decoder for `kind` and its bit depth."""
+    if kind == "RAW":
+        return _load_raw(path, f, max_pixels, notes)
+    im = _open_image(path, f, kind, max_pixels)
+    if kind == "TIFF" and (im is None or max(_tiff_bits(im)) > 8):
+        return _load_tiff16(path, f, im, max_pixels, notes)
+    if kind == "PNG" and _png_is_16bit(im):
+        return _load_pillow16(path, f, im, notes)
+    if kind == "HEIF" and int(im.info.get("bit_depth") or 8) > 8:
+        return _load_heif16(f, im, notes)
+    return _load_8bit(path, im, kind, notes)
 
 
 def _report_warnings(path: Path, caught: list, notes: list[str]) -> None:
@@ -290,12 +376,14 @@ def _load_8bit(path: Path, im, kind: str, notes: list[str]) -> dict:
     exif, xmp = _exif_bytes(im, kind), _xmp_bytes(im)
     orientation = _orientation(im)
     try:
-        im = ImageOps.exif_transpose(im)  # the one and only place orientation is applied
+        im = ImageOps.exif_transpose(im)  # the one and only place orientation is applied (HEIF: see below)
     except _DECODE_ERRORS as exc:
         notes.append(f"EXIF orientation could not be applied ({exc})")
     else:
         if orientation != 1:
             notes.append(f"rotated upright (EXIF orientation {orientation})")
+    if kind == "HEIF":
+        _note_heif_turn(im, notes)
     base, alpha = _split_alpha(path, im)
     rgb, space = _srgb_8bit(base, icc, notes)
     pixels = np.asarray(rgb, dtype=np.float32) / 255.0
@@ -303,11 +391,20 @@ def _load_8bit(path: Path, im, kind: str, notes: list[str]) -> dict:
 
 
 def displayed_size(path) -> tuple[int, int, str | None]:
-    """(width, height, Pillow format) of the image at `path` as shown, EXIF orientation applied.
+    """(width, height, format) of the image at `path` as shown: EXIF orientation applied, a RAW as developed.
 
-    Reads the header only. Raises what PIL.Image.open raises
-    (UnidentifiedImageError, OSError) for a file that is not an image.
+    Reads headers only (a RAW: LibRaw's parse, nothing unpacked). The format
+    is Pillow's name ("JPEG", "HEIF"...) or "RAW". Raises what PIL.Image.open
+    raises (UnidentifiedImageError, OSError) for a file that is not an image,
+    and OSError, saying why, for a RAW that LibRaw cannot read.
     """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(32)
+        f.seek(0)
+        is_raw = _content_kind(path, f, head) == "RAW"
+    if is_raw:
+        return (*_raw_displayed_size(path), "RAW")
     with Image.open(path) as im:
         width, height = im.size
         if _orientation(im) in (5, 6, 7, 8):  # turned by 90 degrees
@@ -459,8 +556,6 @@ def _load_tiff16(path: Path, f, im, max_pixels: int, notes: list[str]) -> dict:
         if page.sampleformat == 3 or page.bitspersample > 16:
             kind = "floating-point" if page.sampleformat == 3 else "integer"
             raise PhotoError(path, f"{page.bitspersample}-bit {kind} TIFFs are not supported", "export a 16-bit TIFF")
-        if 50706 in page.tags:
-            raise PhotoError(path, "DNG (camera RAW) files are not supported", "develop it and export a TIFF or JPEG")
         if len(tif.pages) > 1:
             notes.append(f"only the first of {len(tif.pages)} pages was used")
         try:
@@ -494,9 +589,7 @@ def _tiff_layout(path: Path, page, arr: np.ndarray, notes: list[str]):
     channels = {0: "gray", 1: "gray", 2: "rgb", 5: "cmyk"}.get(photometric)
     if channels is None or (channels == "cmyk" and arr.shape[-1] < 4):
         raise PhotoError(path, f"unsupported TIFF colour model ({page.photometric.name})", "export an RGB TIFF")
-    if page.bitspersample != 16:  # e.g. 12-bit: stretch to the full 16-bit range
-        arr = (arr.astype(np.float64) * (65535 / (2**page.bitspersample - 1))).round()
-    arr = arr.astype(np.uint16)
+    arr = _stretch16(arr, page.bitspersample)
     if photometric == 0:  # MinIsWhite
         arr = 65535 - arr
     base = {"gray": 1, "rgb": 3, "cmyk": 4}[channels]
@@ -508,6 +601,45 @@ def _tiff_layout(path: Path, page, arr: np.ndarray, notes: list[str]):
         arr = np.concatenate([np.clip(col, 0, 65535).round().astype(np.uint16), arr[..., base : base + 1]], -1)
         notes.append("premultiplied alpha was un-premultiplied")
     return arr[..., : base + has_alpha], channels, has_alpha
+
+
+def _stretch16(arr: np.ndarray, bits: int) -> np.ndarray:
+    """uint16 from samples of `bits` bits (12-bit TIFF, 10-bit HEIF...), stretched to the full 16-bit range."""
+    if bits != 16:
+        arr = (arr.astype(np.float64) * (65535 / (2**bits - 1))).round()
+    return arr.astype(np.uint16)
+
+
+def _load_heif16(f, im, notes: list[str]) -> dict:
+    """10- or 12-bit HEIF at full precision (pillow-heif's Pillow plugin hands out 8 bits).
+
+    libheif applies the container's rotation and mirroring while decoding;
+    metadata comes from the Pillow image `im`, whose EXIF orientation the
+    plugin has already reset to 1, so the picture is turned exactly once.
+    """
+    f.seek(0)
+    heif = pillow_heif.open_heif(f, convert_hdr_to_8bit=False, hdr_to_16bit=False)
+    arr = np.asarray(heif)  # uint16, values up to 2**bit_depth - 1
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    has_alpha = arr.shape[-1] in (2, 4)
+    channels = "rgb" if arr.shape[-1] >= 3 else "gray"
+    arr = _stretch16(arr, int(heif.info.get("bit_depth") or 16))
+    _note_heif_turn(im, notes)
+    icc = im.info.get("icc_profile") or None
+    return _finish16(arr, channels, has_alpha, 1, icc, _exif_bytes(im, "HEIF"), _xmp_bytes(im), notes)
+
+
+def _note_heif_turn(im, notes: list[str]) -> None:
+    """Say that a HEIF's EXIF orientation was not applied (pillow-heif keeps the value it reset to 1).
+
+    In HEIF the container's rotation and mirror boxes are authoritative and
+    libheif applies them; the EXIF tag only mirrors them (an iPhone writes
+    both), so applying it as well would turn the picture twice.
+    """
+    exif_value = im.info.get("original_orientation")
+    if isinstance(exif_value, int) and 2 <= exif_value <= 8:
+        notes.append(f"turned upright by libheif from the HEIF container's rotation (EXIF orientation "
+                     f"{exif_value} was not applied again: in HEIF the container's rotation is authoritative)")
 
 
 _NUMPY_ORIENT = {
@@ -562,3 +694,194 @@ def _srgb_16(values: np.ndarray, channels: str, icc: bytes | None, notes: list[s
     log.warning("%s", msg)
     notes.append(msg)
     return np.asarray(rgb8, dtype=np.float32) / 255.0, name
+
+
+# --- camera RAW -----------------------------------------------------------------
+
+# A RAW is read whole into memory; refuse files larger than any RAW within
+# max_pixels can be before reading them. 8 bytes a pixel is generous: a 16-bit
+# mosaic takes 2, previews and makernotes add a little, and Foveon or
+# pixel-shift files hold a few mosaics.
+_RAW_BYTES_PER_PIXEL = 8
+_RAW_SLACK = 64 << 20
+# ORF and RW2 are TIFF structures with their own magic numbers: with the
+# standard one, Pillow reads their IFD0 and Exif IFD like any TIFF's.
+_TIFF_MAGIC_FOR = {b"IIRO": b"II*\x00", b"IIRS": b"II*\x00", b"IIU\x00": b"II*\x00", b"MMOR": b"MM\x00*",
+                   b"II*\x00": b"II*\x00", b"MM\x00*": b"MM\x00*"}
+# Turns LibRaw applies from the camera's orientation (sizes.flip), for the notes.
+_FLIP_NAMES = {3: "180 degrees", 5: "90 degrees counter-clockwise", 6: "90 degrees clockwise"}
+_ARTIST = 0x013B
+_EXPOSURE_TIME, _F_NUMBER, _ISO, _DATE_ORIGINAL, _FOCAL_LENGTH, _LENS_MAKE, _LENS_MODEL = (
+    0x829A, 0x829D, 0x8827, 0x9003, 0x920A, 0xA433, 0xA434)
+
+
+def _read_raw_bytes(path: Path, f, max_pixels: int) -> bytes:
+    """All of the RAW file `f`; PhotoError when it is larger than a RAW within `max_pixels` can be."""
+    size = os.fstat(f.fileno()).st_size
+    limit = max_pixels * _RAW_BYTES_PER_PIXEL + _RAW_SLACK
+    if size > limit:
+        raise _too_big(path, max_pixels, f"{size / 1e6:.0f} MB, more than a camera RAW within the limit takes "
+                                         f"({limit / 1e6:.0f} MB)")
+    try:
+        return f.read()
+    except MemoryError:
+        raise PhotoError(path, "not enough memory to read this RAW file",
+                         "lower max_pixels or free memory", permanent=False) from None
+    except OSError as exc:
+        raise PhotoError(path, f"cannot be read: {exc.strerror}", "check the disk or share it lies on",
+                         permanent=False) from None
+
+
+def _load_raw(path: Path, f, max_pixels: int, notes: list[str]) -> dict:
+    """Develop the camera RAW in `f` (an io.BytesIO over the whole file) with LibRaw.
+
+    Camera white balance, AHD demosaicing, 16-bit output in sRGB primaries
+    with the sRGB tone curve, and no auto-brightening: LibRaw's default
+    stretches each frame until 1 % of its pixels clip, so a shoot's frames
+    would come out at different exposures and every highlight would be
+    clipped; without it the camera's exposure is kept (the result looks
+    darker than the camera's own JPEG, which adds a tone curve). LibRaw
+    turns the picture upright from the camera's orientation. The pixel count
+    is checked from LibRaw's header parse, before anything is unpacked.
+    PhotoError (permanent) when LibRaw cannot read the file.
+    """
+    exif, xmp = _container_metadata(f.getvalue())
+    try:
+        with rawpy.imread(f) as raw:
+            sizes = raw.sizes
+            _check_size(path, (sizes.width, sizes.height), max_pixels)
+            if metadata.MAKE not in exif.ifd0:  # e.g. CR3 and RAF, which are not TIFF structures
+                _merge_exif(exif, _preview_exif(raw))  # before unpack(), which lets go of the file's bytes
+            # gamma: sRGB's curve (LibRaw's default is BT.709's), as the sRGB the
+            # network works in and the outputs embed expects.
+            rgb = raw.postprocess(use_camera_wb=True, output_bps=16, output_color=rawpy.ColorSpace.sRGB,
+                                  no_auto_bright=True, gamma=(2.4, 12.92))
+            _fill_from_libraw(exif, raw)
+    except rawpy.LibRawError as exc:
+        raise _libraw_failure(path, exc) from None
+    version = ".".join(map(str, rawpy.libraw_version))
+    notes.append(f"developed from RAW by LibRaw {version} (camera white balance, sRGB, 16-bit)")
+    if sizes.flip:
+        notes.append(f"turned upright by LibRaw: {_FLIP_NAMES.get(sizes.flip, f'flip {sizes.flip}')}, "
+                     "as the camera recorded")
+    exif.ifd0[metadata.ORIENTATION] = 1  # the pixels are upright now
+    pixels = rgb.astype(np.float32)
+    del rgb
+    pixels /= 65535.0  # float32 holds 16-bit values exactly
+    return dict(pixels=pixels, alpha=None, bit_depth=16, icc_profile=None, color_space="sRGB",
+                exif=exif.to_bytes(), xmp=xmp)
+
+
+def _raw_displayed_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the RAW at `path` once developed and turned upright; OSError when LibRaw cannot read it."""
+    if rawpy is None:
+        raise OSError("a camera RAW file, but the rawpy package (LibRaw) is not installed (pip install rawpy)")
+    try:
+        try:
+            raw = rawpy.imread(os.fsdecode(path))  # from a path LibRaw reads only the headers it needs
+        except UnicodeEncodeError:  # rawpy hands LibRaw UTF-8 paths only; other names go in whole, from memory
+            with open(path, "rb") as f:
+                raw = rawpy.imread(f)
+        with raw:
+            sizes = raw.sizes
+    except rawpy.LibRawError as exc:
+        raise OSError(f"LibRaw cannot read it: {_libraw_message(exc)}") from None
+    if sizes.flip in (5, 6):  # turned by 90 degrees
+        return sizes.height, sizes.width
+    return sizes.width, sizes.height
+
+
+def _libraw_message(exc: Exception) -> str:
+    message = exc.args[0] if exc.args else type(exc).__name__
+    return message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+
+
+def _libraw_failure(path: Path, exc: Exception) -> PhotoError:
+    message = _libraw_message(exc)
+    if isinstance(exc, rawpy.LibRawUnsufficientMemoryError):
+        return PhotoError(path, f"not enough memory for LibRaw to develop this RAW ({message})",
+                          "lower max_pixels or free memory", permanent=False)
+    version = ".".join(map(str, rawpy.libraw_version))
+    return PhotoError(path, f"LibRaw cannot read this camera RAW file: {message}",
+                      f"the file may be truncated, or from a camera LibRaw {version} does not know; copy it again, "
+                      "or convert it to DNG with Adobe DNG Converter")
+
+
+def _container_metadata(data: bytes) -> tuple[metadata.OutputExif, bytes | None]:
+    """(descriptive EXIF, XMP packet) of a RAW that is a TIFF structure (DNG, CR2, NEF, ARW, PEF, ORF, RW2...).
+
+    Read by Pillow like a TIFF's: allow-listed IFD0 tags, the Exif IFD
+    (makernote included) and GPS IFD, and IFD0's XMP (rating, keywords,
+    title...). Empty for other containers (CR3, RAF...) or when unreadable.
+    """
+    magic = _TIFF_MAGIC_FOR.get(data[:4])
+    src = None if magic is None else metadata.read_exif(data if magic == data[:4] else magic + data[4:])
+    if src is None:
+        return metadata.OutputExif(), None
+    xmp = src.get(700)
+    return metadata.reduce_exif(src), bytes(xmp) if isinstance(xmp, (bytes, bytearray)) and xmp else None
+
+
+def _preview_exif(raw) -> metadata.OutputExif:
+    """The EXIF of the RAW's embedded preview JPEG (where Fujifilm's RAF keeps it); empty when there is none."""
+    try:
+        thumb = raw.extract_thumb()
+    except rawpy.LibRawError:  # no preview, or one LibRaw cannot extract: nothing to learn there
+        return metadata.OutputExif()
+    if thumb.format != rawpy.ThumbFormat.JPEG:
+        return metadata.OutputExif()
+    try:
+        with Image.open(io.BytesIO(thumb.data), formats=["JPEG"]) as preview:  # the header only
+            src = metadata.read_exif(preview.info.get("exif"))
+    except (*_DECODE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return metadata.OutputExif()  # a preview we cannot parse costs only its EXIF
+    return metadata.reduce_exif(src) if src is not None else metadata.OutputExif()
+
+
+def _merge_exif(into: metadata.OutputExif, more: metadata.OutputExif) -> None:
+    """Add the tags of `more` that `into` lacks."""
+    for mine, theirs in ((into.ifd0, more.ifd0), (into.exif, more.exif), (into.gps, more.gps)):
+        for tag, value in theirs.items():
+            mine.setdefault(tag, value)
+
+
+def _fill_from_libraw(exif: metadata.OutputExif, raw) -> None:
+    """Add the camera settings LibRaw parsed (from makernotes too) where the RAW's EXIF lacks them.
+
+    rawpy does not expose the camera's make and model; those come from the
+    file's own EXIF (_container_exif, _preview_exif).
+    """
+    try:
+        other = getattr(raw, "other", None)  # RawPy.other and .lens are recent additions to rawpy
+        lens = getattr(raw, "lens", None)
+    except (OverflowError, OSError, ValueError):  # a timestamp datetime cannot hold
+        other = lens = None
+    found: dict[int, object] = {}
+    if other is not None:
+        iso = round(other.iso_speed)
+        found = {_EXPOSURE_TIME: _rational(other.shutter_speed), _F_NUMBER: _rational(other.aperture),
+                 _FOCAL_LENGTH: _rational(other.focal_length), _ISO: iso if 0 < iso < 65536 else None,
+                 _DATE_ORIGINAL: _exif_date(other.timestamp)}
+        if other.artist.strip():
+            exif.ifd0.setdefault(_ARTIST, other.artist.strip())
+    if lens is not None:
+        found |= {_LENS_MAKE: lens.make.strip(), _LENS_MODEL: lens.model.strip()}
+    for tag, value in found.items():
+        if value:
+            exif.exif.setdefault(tag, value)
+
+
+def _rational(value: float):
+    """A positive float from LibRaw as an EXIF rational (0.004 -> 1/250), or None when unknown (0)."""
+    if not (value > 0 and math.isfinite(value)):
+        return None
+    # LibRaw keeps float32s: round to their precision first, so 1/250 comes back as 1/250.
+    return TiffImagePlugin.IFDRational(Fraction(f"{value:.6g}").limit_denominator(10000))
+
+
+def _exif_date(when) -> str | None:
+    """EXIF's "YYYY:MM:DD HH:MM:SS" from LibRaw's timestamp (local time, as the camera's clock); None when unset."""
+    try:
+        return when.strftime("%Y:%m:%d %H:%M:%S") if when.timestamp() > 0 else None
+    except (OverflowError, OSError, ValueError):
+        return None

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from PIL import ExifTags, Image
 
 ORIENTATION = 0x0112
+MAKE = 0x010F
 EXIF_IFD = 0x8769
 GPS_IFD = 0x8825
 INTEROP_IFD = 0xA005

@@ -7,6 +7,10 @@ Signals: SIGTERM/SIGINT stop intake, give the running job `grace_seconds` to
 finish (else release its lease) and exit 0. SIGHUP re-reads the config: an
 invalid one is logged and the old one kept; a valid one applies watch and
 preset changes without touching queued jobs.
+
+With `service.http` (or `--http`, which overrides it) the `run` and `watch`
+roles also serve the web view (nst_watch.service.web) from a thread, from
+just after the ledger opens until just before it closes.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import signal
 import time
 from pathlib import Path
 
-from ..config import Config, load_config
+from ..config import Config, load_config, with_http
 from ..errors import ConfigError
 from ..jobs import Ledger
 from .intake import Intake
@@ -33,10 +37,12 @@ STARTING_STALE_SECONDS = 600.0
 
 class Daemon:
     def __init__(self, config_path: Path, *, role: str = "run", device: str | None = None,
-                 notifier: Notifier | None = None, live_view: bool = False):
+                 notifier: Notifier | None = None, live_view: bool = False, http: str | None = None):
         self.config_path = Path(config_path)
         self.role = role
         self.device = device
+        self.http = http  # --http HOST:PORT: overrides service.http
+        self.web = None
         self.notifier = notifier or Notifier()
         self.live_view = live_view
         # Plain flags, not threading.Events: a signal handler that calls
@@ -66,13 +72,19 @@ class Daemon:
     def _on_reload(self, *_) -> None:
         self.reload_requested = True
 
+    def _load(self) -> Config:
+        config = load_config(self.config_path)
+        return with_http(config, self.http) if self.http else config
+
     def _open(self) -> None:
-        config = self.config = load_config(self.config_path)
+        config = self.config = self._load()
         if self.role != "work" and not config.watches:
             raise ConfigError(f"{self.config_path}: no watches defined; add a `watches:` list (see config.example.yaml)")
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(config.ledger_path, lease_seconds=config.service.lease_seconds,
                              max_attempts=config.service.max_attempts)
+        # Before the engine loads: a port in use fails the start in a second, not after minutes.
+        self._start_web(config)
         # Files of daemons killed with SIGKILL would otherwise stay forever.
         prune_live(config.state_dir)
         self._write_live(stale_after=STARTING_STALE_SECONDS)  # `status` sees it starting
@@ -81,6 +93,15 @@ class Daemon:
         if self.role in ("run", "watch"):
             self.intake = Intake(config, self.ledger, beat=self._beat)
             self.intake.start()
+
+    def _start_web(self, config: Config) -> None:
+        if config.service.http is None or self.role == "work":
+            return
+        from .web import start_web  # starlette and uvicorn: only with the web view on
+
+        token = config.service.http_token
+        self.web = start_web(config.service.http, state_dir=config.state_dir, ledger=self.ledger,
+                             token=token.get_secret_value() if token is not None else None)
 
     def _start_worker(self, config: Config) -> None:
         from ..darkroom import Darkroom  # torch is imported here, and only here
@@ -102,9 +123,11 @@ class Daemon:
         try:
             self._open()
         except BaseException:
-            # A daemon that never got going leaves no "starting" file behind.
+            # A daemon that never got going leaves no "starting" file behind, nor a port taken.
             if self._live_file is not None:
                 self._live_file.unlink(missing_ok=True)
+            if self.web is not None:
+                self.web.stop()
             raise
         counts = self.ledger.counts()
         self.notifier.ready(status_line(counts, len(self.config.watches)))
@@ -186,13 +209,17 @@ class Daemon:
     def _reload(self) -> None:
         self.notifier.reloading()
         try:
-            config = load_config(self.config_path)
+            config = self._load()
         except ConfigError as exc:
             log.error("reload failed; still running the previous config. %s", exc)
             self.notifier.ready()
             return
-        if config.engine != self.config.engine or config.state_dir != self.config.state_dir:
-            log.warning("engine or state_dir changed: restart nst-watch to apply those (other changes applied)")
+        fixed = [name for name, old, new in (
+            ("engine", self.config.engine, config.engine), ("state_dir", self.config.state_dir, config.state_dir),
+            ("service.http", self.config.service.http, config.service.http),
+            ("service.http_token", self.config.service.http_token, config.service.http_token)) if old != new]
+        if fixed:
+            log.warning("%s changed: restart nst-watch to apply (other changes applied)", ", ".join(fixed))
         if self.intake is not None:
             self.intake.reconfigure(config)
         if self.worker is not None:
@@ -212,6 +239,8 @@ class Daemon:
             self._write_live(stale_after=self.config.service.grace_seconds + 30)
         if self.worker is not None:
             self.worker.stop(self.config.service.grace_seconds)
+        if self.web is not None:  # up to here: the page shows the last job finishing
+            self.web.stop()
         if self._live_file is not None:
             self._live_file.unlink(missing_ok=True)
         self.ledger.close()

@@ -32,6 +32,13 @@ from ..jobs import LEASED, Ledger
 # The daemon rewrites its file about once a second; a file older than this
 # (unless it promised otherwise, as while loading the model) is a dead one.
 STALE_SECONDS = 15.0
+RECENT = 10  # recent jobs listed by `status` and the web view
+
+# A worker's job and progress fields while it holds no job (worker.Activity's
+# defaults): a report whose jobs have all left the ledger's lease shows these.
+IDLE_PROGRESS = {"preset": None, "started": None, "step": 0, "steps": 0, "tile": 0, "tiles": 0, "loss": None,
+                 "scale": 0, "scales": 0, "iteration": 0, "iterations": 0, "width": 0, "height": 0,
+                 "elapsed": None, "eta": None}
 
 
 def live_dir(state_dir: Path) -> Path:
@@ -215,7 +222,7 @@ def printable(value) -> str:
     return "".join(out)
 
 
-def snapshot(state_dir: Path, ledger: Ledger, *, recent: int = 10, failures: int = 20) -> dict:
+def snapshot(state_dir: Path, ledger: Ledger, *, recent: int = RECENT, failures: int = 20) -> dict:
     """Everything `status` shows, JSON-ready (see `jsonable`)."""
     processes = read_live(state_dir)
     for process in processes:
@@ -258,7 +265,15 @@ def _trust_the_ledger(process: dict, ledger: Ledger) -> None:
     worker["jobs"] = [jobs[i] for i in held]
     worker["photos"] = [photos[i] for i in held if i < len(photos)]
     if not held:
-        worker.update(preset=None, step=0, steps=0, tile=0, tiles=0, loss=None, started=None)
+        worker.update(IDLE_PROGRESS)
+
+
+def to_json(snap: dict) -> str:
+    """A snapshot as `status --json` prints it and the web view's /api/status returns it.
+
+    ASCII with \\u escapes is valid in any locale; snapshot() already made all text valid Unicode.
+    """
+    return json.dumps(snap, indent=2, ensure_ascii=True, allow_nan=False)
 
 
 def _job_view(job) -> dict:

@@ -22,16 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config, Preset, Watch
-from ..darkroom import EXTENSIONS, Darkroom
+from ..darkroom import EXTENSIONS, Darkroom, to_pixels
 from ..errors import EngineError, PhotoError, PresetError
 from ..faults import fault as _fault
 from ..jobs import Job, Ledger
 from ..photo import load_photo
 from ..photo.atomic import TEMP_PREFIX, fsync_dir, publish
 from ..photo.naming import numbered_name, sidecar_path
+from ..progress import eta_seconds
 from .identity import preset_hash
 from .originals import finish_original
-from .status import pid_alive
+from .status import IDLE_PROGRESS, pid_alive
+from .thumbs import thumbs_dir, write_thumbs
 
 log = logging.getLogger("nst_watch.worker")
 
@@ -65,26 +67,49 @@ def describe(exc: BaseException) -> str:
             "the log; `nst-watch retry` once nst-watch is fixed")
 
 
+# Copied from each engine Progress event into the Activity, under the same names.
+_PROGRESS_FIELDS = ("step", "steps", "tile", "tiles", "loss", "scale", "scales", "iteration", "iterations",
+                    "width", "height", "elapsed")
+
+
 @dataclass
 class Activity:
-    """What a worker is doing now, for status views."""
+    """What a worker is doing now, for status views (`processes[].worker` in `status --json`).
+
+    The progress fields are those of the engine's latest Progress event; all
+    are back at their defaults (status.IDLE_PROGRESS) while no job is held.
+    """
 
     owner: str
     device: str
     jobs: list[int] = field(default_factory=list)
     preset: str | None = None
     photos: list[str] = field(default_factory=list)
-    step: int = 0
+    step: int = 0  # across all scales, of `steps`
     steps: int = 0
     tile: int = 0  # tile passes done in the running iteration of a tiled scale, of `tiles`
     tiles: int = 0
     loss: float | None = None
+    scale: int = 0  # pyramid scale, 1-based, of `scales`, optimised at width x height
+    scales: int = 0
+    iteration: int = 0  # within the scale, of `iterations`
+    iterations: int = 0
+    width: int = 0
+    height: int = 0
+    elapsed: float | None = None  # seconds since the batch began
+    eta: float | None = None  # seconds left at the pace so far; None until the first step
     started: float | None = None
     done: int = 0
     failed: int = 0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def idle(self) -> None:
+        """No job held: clear the job and its progress."""
+        self.jobs, self.photos = [], []
+        for name, value in IDLE_PROGRESS.items():
+            setattr(self, name, value)
 
 
 def _move_sidecar(staged: Path, final: Path) -> None:
@@ -106,6 +131,7 @@ class Worker:
         device = str(darkroom.engine.device)
         self.owner = owner or owner_name(device)
         self.activity = Activity(self.owner, device)
+        self.state_dir = config.state_dir  # fixed at start, like the ledger: a reload cannot move it
         self.stopping = threading.Event()  # finish the current batch, claim no more
         self.cancel = threading.Event()  # abandon the current batch now
         self.heartbeat_at = time.monotonic()
@@ -165,7 +191,7 @@ class Worker:
                 for job in jobs:
                     self._fail(job, describe(exc), permanent=not transient(exc))
             finally:
-                self.activity.jobs, self.activity.photos, self.activity.preset = [], [], None
+                self.activity.idle()
 
     # --- one batch -------------------------------------------------------------------
 
@@ -226,11 +252,11 @@ class Worker:
     def _stylize_and_publish(self, todo) -> None:
         jobs = [t[0] for t in todo]
         preset = todo[0][3]
+        self.activity.idle()
         self.activity.jobs = [j.id for j in jobs]
         self.activity.preset = preset.name
         self.activity.photos = [Path(j.source_path).name for j in jobs]
         self.activity.started = time.time()
-        self.activity.step = self.activity.steps = 0
         beat = _Heartbeat(self.ledger, self.owner, [j.id for j in jobs], self.config.service.lease_seconds)
         beat.start()
         try:
@@ -257,8 +283,9 @@ class Worker:
 
     def _progress(self, event) -> None:
         self.heartbeat_at = time.monotonic()
-        self.activity.step, self.activity.steps, self.activity.loss = event.step, event.steps, event.loss
-        self.activity.tile, self.activity.tiles = event.tile, event.tiles
+        for name in _PROGRESS_FIELDS:
+            setattr(self.activity, name, getattr(event, name))
+        self.activity.eta = eta_seconds(event)
         if event.step >= 2:
             _fault("optimising")
         if self.cancel.is_set():
@@ -296,7 +323,19 @@ class Worker:
             self._fail(job, f"{photo.path}: writing {target} into {job.output_dir} failed: {exc.reason}{fix}",
                        permanent=exc.permanent)
             return
+        self._thumbnails(job, photo, result)
         self._complete(job, final, f" ({result.iterations} iterations, {result.seconds:.0f} s)")
+
+    def _thumbnails(self, job: Job, photo, result) -> None:
+        """Before/after thumbnails for the web view, in place before the job shows as done.
+
+        Best effort: a thumbnail that cannot be written is a warning, never the job's failure.
+        """
+        try:
+            write_thumbs(self.state_dir, job.id, photo.pixels, to_pixels(result.image))
+        except Exception as exc:  # noqa: BLE001 - the photo is published; a missing preview is all we lose
+            log.warning("job %d: no thumbnails for the web view: writing them in %s failed: %s (check that "
+                        "folder's space and permissions)", job.id, thumbs_dir(self.state_dir), exc)
 
     def _link(self, job: Job, staged: Path, dest: Path, collision: str) -> Path | None:
         """Publish `staged` under `dest` (or a free variant); the ledger learns the name first."""
@@ -389,6 +428,8 @@ class Worker:
             index = self.activity.jobs.index(job.id)
             self.activity.jobs = self.activity.jobs[:index] + self.activity.jobs[index + 1:]
             self.activity.photos = self.activity.photos[:index] + self.activity.photos[index + 1:]
+            if not self.activity.jobs:
+                self.activity.idle()
         if self.on_change is not None:
             self.on_change()
 

@@ -1,0 +1,90 @@
+"""Before/after thumbnails of finished jobs, for the web view.
+
+`state_dir/thumbs/<job id>-before.jpg` (the decoded photo: upright sRGB) and
+`<job id>-after.jpg` (the result): JPEGs of at most EDGE px on the long side,
+written by the worker when a job completes, each atomically (a temp name,
+then os.replace: the web view never serves half a file). Only the newest
+KEEP jobs' thumbnails are kept. The file name is built from the job's number
+and a fixed word only, so no text from a web request reaches the filesystem.
+
+Torch-free: pixels arrive as numpy arrays (HxWx3 float in [0, 1]); the web
+view (in the torch-free watcher too) imports this module for the paths.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+EDGE = 256  # long edge: sharp on a high-density screen at the page's 128 CSS px
+QUALITY = 85
+KEEP = 500  # jobs whose thumbnails are kept (about 20 KB each): ~20 MB at most
+KINDS = ("before", "after")
+_NAME = re.compile(r"\.?(\d+)-(?:before|after)\.jpg(?:\.tmp)?")
+
+
+def thumbs_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "thumbs"
+
+
+def thumb_path(state_dir: Path, job_id: int, kind: str) -> Path:
+    """The thumbnail file of one job: from the integer and one of KINDS only (ValueError otherwise)."""
+    if kind not in KINDS:
+        raise ValueError(f"thumbnail kind {kind!r} is not one of {', '.join(KINDS)}")
+    return thumbs_dir(state_dir) / f"{int(job_id)}-{kind}.jpg"
+
+
+def write_thumbs(state_dir: Path, job_id: int, before: np.ndarray, after: np.ndarray, *, keep: int = KEEP) -> None:
+    """Write both thumbnails of a job, then drop those of all but the newest `keep` jobs. OSError on failure."""
+    thumbs_dir(state_dir).mkdir(parents=True, exist_ok=True)
+    for kind, pixels in zip(KINDS, (before, after)):
+        path = thumb_path(state_dir, job_id, kind)
+        tmp = path.with_name(f".{path.name}.tmp")
+        _small(pixels).save(tmp, format="JPEG", quality=QUALITY)
+        os.replace(tmp, path)
+    prune(state_dir, keep)
+
+
+def _small(pixels: np.ndarray) -> Image.Image:
+    """An 8-bit RGB image of at most EDGE px on the long side."""
+    # Decimate first, keeping twice the final size for the filter: a 24 MP
+    # photo never becomes a full-size 8-bit copy just to be shrunk.
+    step = max(1, max(pixels.shape[:2]) // (2 * EDGE))
+    small = np.asarray(pixels[::step, ::step, :3], dtype=np.float32)
+    image = Image.fromarray(np.clip(small * 255 + 0.5, 0, 255).astype(np.uint8))
+    image.thumbnail((EDGE, EDGE), Image.Resampling.LANCZOS)  # never enlarges
+    return image
+
+
+def prune(state_dir: Path, keep: int = KEEP) -> int:
+    """Remove the thumbnails (and leftover temp files) of all but the `keep` jobs written last; how many files."""
+    newest: dict[int, float] = {}
+    files: dict[int, list[str]] = {}
+    try:
+        entries = list(os.scandir(thumbs_dir(state_dir)))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        match = _NAME.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            mtime = entry.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:  # another worker pruned it
+            continue
+        job = int(match[1])
+        files.setdefault(job, []).append(entry.path)
+        newest[job] = max(newest.get(job, mtime), mtime)
+    removed = 0
+    for job in sorted(newest, key=newest.__getitem__, reverse=True)[keep:]:
+        for path in files[job]:
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
