@@ -80,7 +80,7 @@ class Pyramid(_Strict):
     factor: float = Field(2.0, gt=1.0, description="step between scales")
     iterations: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="iterations per scale, coarse to fine, the last repeating (default: a tenth of "
-        "iterations on each coarser scale, all of them at full size; above 1024 px fewer, see above)")
+        "iterations on each coarser scale, all of them at full size; fewer above 1024 px: README, Full resolution)")
 
 
 class EarlyStop(_Strict):
@@ -291,7 +291,8 @@ def http_problem(http: str, token: SecretStr | None) -> str | None:
     """Why the web view may not listen on `http` (HOST:PORT, well formed) with `token`; None when it may."""
     host, port = parse_http(http)
     if token is None and not is_loopback(host):
-        return (f"the web view on {http} would let anyone who can reach {host} see the photos and retry jobs: "
+        reach = "this machine" if host in ("0.0.0.0", "::") else host  # the wildcard: every address it has
+        return (f"the web view on {http} would let anyone who can reach {reach} see the photos and retry jobs: "
                 f"set service.http_token to a long random string (e.g. the output of `{TOKEN_HINT}`), "
                 f"or listen on 127.0.0.1:{port} only")
     return None
