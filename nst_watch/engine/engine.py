@@ -733,8 +733,9 @@ class Engine:
 
         Above STYLE_EDGE (1024 px) a style is not enlarged past its own pixels
         (a small painting blown up to a 6000 px photo's size is mush, and its
-        Grams would describe the blur) nor past twice that (its Gram pass is
-        untiled); it never goes below STYLE_EDGE either. Up to 1024 px
+        Grams would describe the blur) nor past twice that (more pixels cost
+        a longer Gram pass, tiled under max_memory, and add no texture); it
+        never goes below STYLE_EDGE either. Up to 1024 px
         nothing changes: the style scales with the photo.
         """
         long_edge = max(1, round(edge * preset.style_scale))

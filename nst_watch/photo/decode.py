@@ -849,7 +849,7 @@ def _fill_from_libraw(exif: metadata.OutputExif, raw) -> None:
     """Add the camera settings LibRaw parsed (from makernotes too) where the RAW's EXIF lacks them.
 
     rawpy does not expose the camera's make and model; those come from the
-    file's own EXIF (_container_exif, _preview_exif).
+    file's own EXIF (_container_metadata, _preview_exif).
     """
     try:
         other = getattr(raw, "other", None)  # RawPy.other and .lens are recent additions to rawpy
