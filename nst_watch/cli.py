@@ -355,18 +355,27 @@ _http_option = click.option(
     "service.http_token.")
 
 
+_ray_option = click.option(
+    "--ray", "ray", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+    help="Run the engines on a Ray cluster, one per GPU (overrides `cluster:`); alone: auto, the cluster this "
+    "machine joined with `ray start`. Needs pip install 'nst-watch[ray]'.")
+
+
 @main.command()
 @_config_option
 @_http_option
-def run(config_path: Path, http: str | None) -> None:
+@_ray_option
+def run(config_path: Path, http: str | None, ray: str | None) -> None:
     """Run the hot-folder daemon in the foreground: watcher plus one worker.
 
+    With --ray (or cluster.backend: ray) the engines are Ray actors, one per
+    GPU of the cluster, and this machine reads and writes the photos.
     SIGTERM/SIGINT finish the running job (within service.grace_seconds) and
     exit 0; SIGHUP reloads the config.
     """
     from .service.daemon import Daemon
 
-    sys.exit(Daemon(config_path, role="run", live_view=sys.stderr.isatty(), http=http).serve())
+    sys.exit(Daemon(config_path, role="run", live_view=sys.stderr.isatty(), http=http, ray=ray).serve())
 
 
 @main.command()
@@ -382,11 +391,18 @@ def watch(config_path: Path, http: str | None) -> None:
 @main.command()
 @_config_option
 @click.option("--device", help="cpu | cuda | cuda:N (default: engine.device).")
-def work(config_path: Path, device: str | None) -> None:
-    """Run one worker (one resident engine) on one device, taking jobs from the ledger."""
+@_ray_option
+def work(config_path: Path, device: str | None, ray: str | None) -> None:
+    """Run one worker (one resident engine) on one device, taking jobs from the ledger.
+
+    With --ray (or cluster.backend: ray): one engine per GPU of a Ray
+    cluster instead, photos read and written here (pair with `watch`).
+    """
     from .service.daemon import Daemon
 
-    sys.exit(Daemon(config_path, role="work", device=device).serve())
+    if ray is not None and device is not None:
+        raise click.UsageError("--device picks a local device; with --ray, Ray places one engine per GPU")
+    sys.exit(Daemon(config_path, role="ray" if ray is not None else "work", device=device, ray=ray).serve())
 
 
 def _ledger(config: Config):

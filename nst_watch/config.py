@@ -333,12 +333,24 @@ class ServiceSettings(_Strict):
         return self
 
 
+class ClusterSettings(_Strict):
+    """Where the engines run: this machine, or one Ray actor per GPU of a Ray cluster (README "Several machines")."""
+
+    backend: Literal["local", "ray"] = Field(
+        "local", description="local: `run` has one worker here; ray: one actor per GPU of a Ray cluster "
+        "(pip install 'nst-watch[ray]')")
+    address: str = Field(
+        "auto", min_length=1, description="the Ray cluster: auto (the one this machine joined with `ray start`), "
+        "HOST:PORT of its head, or ray://HOST:10001 (Ray Client)")
+
+
 class Config(_Strict):
     """A whole config file."""
 
     state_dir: Path = Path("state")
     engine: EngineSettings = EngineSettings()
     service: ServiceSettings = ServiceSettings()
+    cluster: ClusterSettings = ClusterSettings()
     presets: dict[str, Preset] = Field(default_factory=dict)
     watches: list[Watch] = Field(default_factory=list)
     max_pixels: int = Field(100_000_000, ge=1, description="largest photo accepted, in pixels")
@@ -685,6 +697,11 @@ def with_http(config: Config, http: str) -> Config:
     if problem:
         raise ConfigError(f"--http {http}: {problem}")
     return config.model_copy(update={"service": config.service.model_copy(update={"http": http})})
+
+
+def with_ray(config: Config, address: str) -> Config:
+    """`config` with the Ray backend at `address` (the --ray flag, which overrides `cluster:`)."""
+    return config.model_copy(update={"cluster": ClusterSettings(backend="ray", address=address)})
 
 
 def with_overrides(preset: Preset, **overrides: Any) -> Preset:

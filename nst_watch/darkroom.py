@@ -57,6 +57,30 @@ def to_pixels(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(image.clamp(0, 1).permute(1, 2, 0).numpy().astype(np.float32))
 
 
+def stylize_batch(engine: Engine, contents: list[torch.Tensor], preset: Preset, styles: list[torch.Tensor],
+                  progress=None) -> list[StylizeResult | EngineError]:
+    """`engine.stylize` on [3, H, W] tensors in [0, 1]: one result per content, in order.
+
+    A photo the engine could not stylise gets its EngineError in its place. A
+    batch that fails is run again one photo at a time, so one bad photo (say,
+    a loss that turns non-finite) costs the others nothing. Shared by the
+    local darkroom and the Ray actors (nst_watch.cluster).
+    """
+    try:
+        return list(engine.stylize(contents, preset, styles, progress=progress))
+    except EngineError as exc:
+        if len(contents) == 1:
+            return [exc]
+        log.warning("a batch of %d photos failed (%s); running them one at a time", len(contents), exc)
+    results: list[StylizeResult | EngineError] = []
+    for tensor in contents:
+        try:
+            results += engine.stylize([tensor], preset, styles, progress=progress)
+        except EngineError as exc:
+            results.append(exc)
+    return results
+
+
 class Darkroom:
     """A resident engine plus the photo I/O around it.
 
@@ -113,26 +137,14 @@ class Darkroom:
 
     def stylize_photos(self, photos: list[photo_io.Photo], preset: Preset,
                        progress=None) -> list[StylizeResult | EngineError]:
-        """One result per photo, in order; a photo the engine could not stylise gets its EngineError.
+        """One result per photo, in order; a photo the engine could not stylise gets its EngineError."""
+        return stylize_batch(self.engine, [to_tensor(p.pixels) for p in photos], preset, self.style_images(preset),
+                             progress)
 
-        A batch that fails is run again one photo at a time, so one bad
-        photo (say, a loss that turns non-finite) costs the others nothing.
-        """
-        styles = self.style_images(preset)
-        tensors = [to_tensor(p.pixels) for p in photos]
-        try:
-            return list(self.engine.stylize(tensors, preset, styles, progress=progress))
-        except EngineError as exc:
-            if len(photos) == 1:
-                return [exc]
-            log.warning("a batch of %d photos failed (%s); running them one at a time", len(photos), exc)
-        results: list[StylizeResult | EngineError] = []
-        for tensor in tensors:
-            try:
-                results += self.engine.stylize([tensor], preset, styles, progress=progress)
-            except EngineError as exc:
-                results.append(exc)
-        return results
+    @property
+    def device(self) -> str:
+        """Where the optimisation runs, as the sidecar and status name it (loads the engine)."""
+        return str(self.engine.device)
 
     def save(self, source: photo_io.Photo, result: StylizeResult, preset: Preset, *, dest: Path,
              collision: str = "suffix", temp: str | None = None) -> photo_io.SaveResult | None:
@@ -152,7 +164,7 @@ class Darkroom:
             "preset_hash": preset.fingerprint(),
             "parameters": preset.model_dump(mode="json"),
             "engine": self.settings.model_dump(mode="json"),
-            "device": str(self.engine.device),
+            "device": self.device,
             "content": str(source.path),
             "content_sha256": source.sha256,
             "losses": {"total": result.loss, "content": result.content, "style": result.style, "tv": result.tv},

@@ -1,7 +1,11 @@
 """The daemon's main loop: wiring, signals, health, readiness and status.
 
 Roles: `run` (intake + one worker in this process), `watch` (intake only; no
-torch), `work` (one worker on one device). All share the ledger.
+torch), `work` (one worker on one device), `ray` (the Ray backend's
+dispatcher: one lane per GPU of a cluster, nst_watch.cluster). All share the
+ledger. With `cluster.backend: ray`, `run` is intake plus a `ray` child
+process it restarts while the cluster is away (nst_watch.service.cluster):
+Ray ends a driver whose cluster is gone, and the intake must not go with it.
 
 Signals: SIGTERM/SIGINT stop intake, give the running job `grace_seconds` to
 finish (else release its lease) and exit 0. SIGHUP re-reads the config: an
@@ -20,12 +24,13 @@ import signal
 import time
 from pathlib import Path
 
-from ..config import Config, load_config, with_http
+from ..config import Config, load_config, with_http, with_ray
 from ..errors import ConfigError
 from ..jobs import Ledger
 from .intake import Intake
 from .notify import Notifier
-from .status import live_dir, printable, prune_live, status_line, tile_progress, write_live
+from .status import (cluster_summary, live_dir, printable, prune_live, status_line, tile_progress, workers_of,
+                     write_live)
 
 log = logging.getLogger("nst_watch.daemon")
 
@@ -35,13 +40,31 @@ LOOP_SECONDS = 0.2
 STARTING_STALE_SECONDS = 600.0
 
 
+def _need_ray() -> None:
+    """ConfigError when the config asks for Ray and it is not installed (found without importing it)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("ray")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise ConfigError("cluster.backend is ray (or --ray was given) but Ray is not installed: "
+                          "pip install 'nst-watch[ray]' on this machine and on every GPU machine, or set "
+                          "cluster.backend: local")
+
+
 class Daemon:
     def __init__(self, config_path: Path, *, role: str = "run", device: str | None = None,
-                 notifier: Notifier | None = None, live_view: bool = False, http: str | None = None):
+                 notifier: Notifier | None = None, live_view: bool = False, http: str | None = None,
+                 ray: str | None = None):
         self.config_path = Path(config_path)
         self.role = role
         self.device = device
         self.http = http  # --http HOST:PORT: overrides service.http
+        self.ray = ray  # --ray ADDRESS: overrides `cluster:`
+        self.cluster = None  # run with the Ray backend: the dispatcher child (ClusterLink)
+        self.exit_code = 0
         self.web = None
         self.notifier = notifier or Notifier()
         self.live_view = live_view
@@ -74,11 +97,16 @@ class Daemon:
 
     def _load(self) -> Config:
         config = load_config(self.config_path)
+        config = with_ray(config, self.ray) if self.ray else config
         return with_http(config, self.http) if self.http else config
 
     def _open(self) -> None:
         config = self.config = self._load()
-        if self.role != "work" and not config.watches:
+        if self.role == "work" and config.cluster.backend == "ray":
+            self.role = "ray"  # `work` with `cluster.backend: ray` dispatches to the cluster's GPUs
+        if self.role in ("run", "ray") and config.cluster.backend == "ray":
+            _need_ray()
+        if self.role in ("run", "watch") and not config.watches:
             raise ConfigError(f"{self.config_path}: no watches defined; add a `watches:` list (see config.example.yaml)")
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(config.ledger_path, lease_seconds=config.service.lease_seconds,
@@ -88,14 +116,18 @@ class Daemon:
         # Files of daemons killed with SIGKILL would otherwise stay forever.
         prune_live(config.state_dir)
         self._write_live(stale_after=STARTING_STALE_SECONDS)  # `status` sees it starting
-        if self.role in ("run", "work"):
+        if self.role == "run" and config.cluster.backend == "ray":
+            self._start_cluster(config)
+        elif self.role in ("run", "work"):
             self._start_worker(config)
+        elif self.role == "ray":
+            self._start_dispatcher(config)
         if self.role in ("run", "watch"):
             self.intake = Intake(config, self.ledger, beat=self._beat)
             self.intake.start()
 
     def _start_web(self, config: Config) -> None:
-        if config.service.http is None or self.role == "work":
+        if config.service.http is None or self.role in ("work", "ray"):
             return
         from .web import start_web  # starlette and uvicorn: only with the web view on
 
@@ -116,6 +148,19 @@ class Daemon:
         self.worker.start()
         log.info("worker %s ready on %s", self.worker.owner, darkroom.engine.device)
 
+    def _start_cluster(self, config: Config) -> None:
+        from .cluster import ClusterLink  # no torch, no ray: those live in the child
+
+        self.cluster = ClusterLink(self.config_path, config.cluster.address, config.state_dir)
+        self.cluster.start()
+
+    def _start_dispatcher(self, config: Config) -> None:
+        from ..cluster.dispatcher import Dispatcher  # ray and torch are imported here, and only here
+
+        self.worker = Dispatcher(config, self.ledger, config.cluster.address)
+        self.worker.on_change = self._refresh_soon
+        self.worker.start()
+
     # --- main loop -----------------------------------------------------------------------
 
     def serve(self) -> int:
@@ -129,18 +174,24 @@ class Daemon:
             if self.web is not None:
                 self.web.stop()
             raise
-        counts = self.ledger.counts()
-        self.notifier.ready(status_line(counts, len(self.config.watches)))
-        log.info("ready: %s", status_line(counts, len(self.config.watches)))
+        line = status_line(self.ledger.counts(), len(self.config.watches) if self.role in ("run", "watch") else 0)
+        self.notifier.ready(line)
+        log.info("ready: %s%s", "Ray dispatcher, " if self.role == "ray" else "", line)
         self._live_state = "running"
         view = self._view = self._live_view()
         try:
             while not self.stop_requested:
+                if self.worker is not None and getattr(self.worker, "lost", None):
+                    log.error("%s: handing its jobs back and exiting, to be started again", self.worker.lost)
+                    self.exit_code = 1
+                    break
                 if self.reload_requested:
                     self.reload_requested = False
                     self._reload()
                 if self.intake is not None:
                     self.intake.step()
+                if self.cluster is not None:
+                    self.cluster.step()
                 self._tick(view)
                 if not self.stop_requested:
                     time.sleep(LOOP_SECONDS)
@@ -148,7 +199,7 @@ class Daemon:
             if view is not None:
                 view.stop()
             self._shutdown()
-        return 0
+        return self.exit_code
 
     def _tick(self, view) -> None:
         now = time.monotonic()
@@ -159,8 +210,8 @@ class Daemon:
         self._last_tick, self._refresh_due = now, False
         data = self._write_live()
         watches = data["watches"]
-        line = status_line(data["counts"], len(self.config.watches) if self.role != "work" else 0,
-                           sum(w["skipped_total"] for w in watches))
+        line = status_line(data["counts"], len(self.config.watches) if self.role in ("run", "watch") else 0,
+                           sum(w["skipped_total"] for w in watches), data.get("cluster"))
         if line != self._last_status:
             self._last_status = line
             self.notifier.status(line)
@@ -182,8 +233,13 @@ class Daemon:
         """Write this process's live status file; return what was written (before its envelope)."""
         data = {"state": self._live_state,
                 "watches": self.intake.info() if self.intake else [],
-                "worker": self.worker.activity.to_dict() if self.worker else None,
+                "worker": self.worker.activity.to_dict() if self.worker and self.role != "ray" else None,
                 "counts": self.ledger.counts(), "config": str(self.config_path)}
+        if self.role == "ray" and self.worker is not None:
+            data["workers"] = self.worker.activities()  # one per GPU lane
+            data["cluster"] = self.worker.info()
+        elif self.cluster is not None:
+            data["cluster"] = self.cluster.info()
         try:
             kwargs = {} if stale_after is None else {"stale_after": stale_after}
             self._live_file = write_live(self.config.state_dir, self.role, data, **kwargs)
@@ -217,13 +273,16 @@ class Daemon:
         fixed = [name for name, old, new in (
             ("engine", self.config.engine, config.engine), ("state_dir", self.config.state_dir, config.state_dir),
             ("service.http", self.config.service.http, config.service.http),
-            ("service.http_token", self.config.service.http_token, config.service.http_token)) if old != new]
+            ("service.http_token", self.config.service.http_token, config.service.http_token),
+            ("cluster", self.config.cluster, config.cluster)) if old != new]
         if fixed:
             log.warning("%s changed: restart nst-watch to apply (other changes applied)", ", ".join(fixed))
         if self.intake is not None:
             self.intake.reconfigure(config)
         if self.worker is not None:
             self.worker.config = config
+        if self.cluster is not None:
+            self.cluster.reload()  # the dispatcher child reads the file again too
         self.config = config
         log.info("config reloaded from %s", self.config_path)
         self.notifier.ready()
@@ -239,6 +298,8 @@ class Daemon:
             self._write_live(stale_after=self.config.service.grace_seconds + 30)
         if self.worker is not None:
             self.worker.stop(self.config.service.grace_seconds)
+        if self.cluster is not None:
+            self.cluster.stop(self.config.service.grace_seconds)
         if self.web is not None:  # up to here: the page shows the last job finishing
             self.web.stop()
         if self._live_file is not None:
@@ -272,8 +333,10 @@ class Daemon:
                                          f"{skipped})")))
         c = data["counts"]
         table.add_row("jobs", ", ".join(f"{k} {v}" for k, v in c.items()))
-        worker = data["worker"]
-        if worker and worker.get("jobs"):
+        if data.get("cluster"):
+            table.add_row("cluster", Text(printable(cluster_summary(data["cluster"]))))
+        workers = workers_of(data) + (self.cluster.workers() if self.cluster is not None else [])
+        for worker in (w for w in workers if w.get("jobs")):
             table.add_row("now", Text(printable(f"{', '.join(worker['photos'])} [{worker['preset']}] "
                                                 f"step {worker['step']}/{worker['steps']}{tile_progress(worker)} "
                                                 f"loss {worker['loss'] or 0:.4g}")))

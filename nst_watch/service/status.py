@@ -242,14 +242,24 @@ def snapshot(state_dir: Path, ledger: Ledger, *, recent: int = RECENT, failures:
     })
 
 
+def workers_of(process: dict) -> list[dict]:
+    """A process's workers: its one local worker, or one per GPU lane of the Ray dispatcher (`workers`)."""
+    workers = process.get("workers") if isinstance(process.get("workers"), list) else [process.get("worker")]
+    return [w for w in workers if isinstance(w, dict)]
+
+
 def _trust_the_ledger(process: dict, ledger: Ledger) -> None:
+    for worker in workers_of(process):
+        _trust_for_worker(worker, ledger)
+
+
+def _trust_for_worker(worker: dict, ledger: Ledger) -> None:
     """Drop from a worker's report the jobs the ledger no longer has leased to it.
 
     The report is up to a second old: a job finished since (`done:` in the
     log) must not show as running.
     """
-    worker = process.get("worker")
-    if not isinstance(worker, dict) or not worker.get("jobs"):
+    if not worker.get("jobs"):
         return
     owner, jobs, photos = worker.get("owner"), list(worker["jobs"]), list(worker.get("photos") or [])
     held = []
@@ -283,11 +293,46 @@ def _job_view(job) -> dict:
     }
 
 
-def status_line(counts: dict, watches: int, skipped: int = 0) -> str:
-    """The one-line STATUS= for systemd (numbers only: no file name can break the datagram)."""
+def status_line(counts: dict, watches: int, skipped: int = 0, cluster: dict | None = None) -> str:
+    """The one-line STATUS= for systemd (numbers and fixed words only: no file name can break the datagram).
+
+    With the Ray backend (`cluster`, a live file's cluster block) it ends
+    with the cluster's GPUs, or with the cluster's state and "jobs wait"
+    while it cannot take work.
+    """
     line = (f"{watches} watches, {counts.get('pending', 0)} pending, {counts.get('leased', 0)} running, "
             f"{counts.get('done', 0)} done, {counts.get('failed', 0) + counts.get('dead', 0)} failed")
-    return line + (f", {skipped} not taken" if skipped else "")
+    line += f", {skipped} not taken" if skipped else ""
+    if cluster:
+        state = str(cluster.get("state"))
+        if state == "connected":
+            line += f", Ray cluster up with {int(cluster.get('gpus') or 0)} GPUs"
+        else:
+            line += f", Ray cluster {CLUSTER_STATES.get(state, 'unknown')}: jobs wait, photos still taken"
+    return line
+
+
+# The cluster states a live file may report (Dispatcher.state, ClusterLink), as words for people.
+CLUSTER_STATES = {"connected": "connected", "connecting": "connecting", "starting actors": "starting actors",
+                  "waiting for GPUs": "has no GPUs", "lost": "lost", "unreachable": "unreachable"}
+
+
+def cluster_summary(cluster: dict) -> str:
+    """One line about the Ray cluster for `status` and the terminal panel."""
+    state = CLUSTER_STATES.get(str(cluster.get("state")), "unknown")
+    text = f"Ray cluster {cluster.get('address')}: {state}"
+    actors = [a for a in cluster.get("actors") or [] if isinstance(a, dict)]
+    if cluster.get("state") == "connected" or actors:
+        text += f", {int(cluster.get('gpus') or 0)} GPUs, {sum(1 for a in actors if a.get('ready'))}/{len(actors)} " \
+                "engines up"
+    problem = next((a["problem"] for a in actors if a.get("problem") and not a.get("ready")), None)
+    if problem:
+        text += f"; an engine is not up: {problem}"
+    if cluster.get("state") != "connected":
+        text += "; jobs wait in the ledger, photos are still taken"
+    if cluster.get("message"):
+        text += f" ({cluster['message']})"
+    return text
 
 
 def render(snap: dict):
@@ -301,6 +346,7 @@ def render(snap: dict):
     from rich.text import Text
 
     parts = []
+    clusters = [p["cluster"] for p in snap["processes"] if isinstance(p.get("cluster"), dict)]
     if not snap.get("running"):
         parts.append(Text(f"No nst-watch daemon is running (no live status in "
                           f"{printable(live_dir(Path(snap.get('state_dir', '.'))))}); "
@@ -310,18 +356,22 @@ def render(snap: dict):
         counts.add_column(state, justify="right")
     counts.add_row(*(str(snap["counts"].get(s, 0)) for s in ("pending", "leased", "done", "failed", "dead")))
     parts.append(counts)
+    for cluster in clusters[:1]:  # `run` and its dispatcher report the same cluster
+        parts.append(Text(printable(cluster_summary(cluster)),
+                          style=None if cluster.get("state") == "connected" else "bold yellow"))
     if snap["processes"]:
         procs = Table(title="processes")
         for col in ("role", "pid", "state", "watches / job"):
             procs.add_column(col, overflow="fold")
         for p in snap["processes"]:
             detail = ", ".join(f"{w.get('name')} ({w.get('mode')})" for w in p.get("watches") or [])
-            worker = p.get("worker") or {}
-            if worker.get("jobs"):
-                detail += (f" job {', '.join(map(str, worker['jobs']))} {worker.get('preset')} "
-                           f"step {worker.get('step')}/{worker.get('steps')}{tile_progress(worker)}: "
-                           f"{', '.join(worker.get('photos') or [])}")
-            elif p.get("role") in ("run", "work"):
+            busy = [w for w in workers_of(p) if w.get("jobs")]
+            for worker in busy:
+                where = f" on {worker.get('device')}" if p.get("role") == "ray" else ""
+                detail += (f"{'; ' if detail else ''}job {', '.join(map(str, worker['jobs']))}{where} "
+                           f"{worker.get('preset')} step {worker.get('step')}/{worker.get('steps')}"
+                           f"{tile_progress(worker)}: {', '.join(worker.get('photos') or [])}")
+            if not busy and workers_of(p):
                 detail += " idle" if detail else "idle"
             procs.add_row(*(Text(printable(v)) for v in (p.get("role"), p.get("pid"), p.get("state", "running"),
                                                          detail)))

@@ -41,6 +41,14 @@ class Cancelled(Exception):
     """Raised from the progress callback to abandon a batch (shutdown past its grace)."""
 
 
+class EngineLost(Exception):
+    """The engine went away mid-batch (a Ray actor's process or node died): not the photos' fault.
+
+    The batch goes back to pending at once, the attempt counted (as for a
+    crashed local worker), for whichever engine is free next.
+    """
+
+
 # The environment's faults: they may pass, so a job hit by one is retried.
 # Anything else (a bad photo, a bad preset, a bug) recurs identically.
 _TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EIO, errno.EAGAIN, errno.EBUSY,
@@ -128,7 +136,7 @@ class Worker:
         self.config = config  # replaced on reload; read once per batch
         self.ledger = ledger
         self.darkroom = darkroom
-        device = str(darkroom.engine.device)
+        device = darkroom.device
         self.owner = owner or owner_name(device)
         self.activity = Activity(self.owner, device)
         self.state_dir = config.state_dir  # fixed at start, like the ledger: a reload cannot move it
@@ -170,9 +178,16 @@ class Worker:
             self.cancel.set()
             self._thread.join()
 
+    def ready(self) -> bool:
+        """Whether the engine can take a batch now; a worker claims only when it can (pull-based)."""
+        return True
+
     def run(self) -> None:
         while not self.stopping.is_set():
             self.heartbeat_at = time.monotonic()
+            if not self.ready():
+                self.stopping.wait(1.0)
+                continue
             try:
                 jobs = self.ledger.claim(self.owner, limit=self.config.service.batch)
             except Exception:
@@ -268,6 +283,9 @@ class Worker:
         except PresetError as exc:  # a style image changed under us
             self._hold(jobs, str(exc))
             return
+        except EngineLost as exc:
+            self._engine_lost(jobs, exc)
+            return
         except Exception as exc:  # noqa: BLE001 - sorted into retry / fail below
             log.error("the engine failed on %d photo(s): %s", len(jobs), exc, exc_info=not transient(exc))
             for job in jobs:
@@ -280,6 +298,11 @@ class Worker:
                 self._fail(job, str(result), permanent=True)
             else:
                 self._publish(job, photo, result, effective, watch)
+
+    def _engine_lost(self, jobs: list[Job], exc: EngineLost) -> None:
+        """The batch back to pending at once, the attempt counted, as for a crashed worker."""
+        taken = self.ledger.reclaim([self.owner])
+        log.warning("%s: %d job(s) back to pending for the next free engine", exc, taken)
 
     def _progress(self, event) -> None:
         self.heartbeat_at = time.monotonic()
