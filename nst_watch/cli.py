@@ -358,7 +358,7 @@ _http_option = click.option(
 _ray_option = click.option(
     "--ray", "ray", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
     help="Run the engines on a Ray cluster, one per GPU (overrides `cluster:`); alone: auto, the cluster this "
-    "machine joined with `ray start`. Needs pip install 'nst-watch[ray]'.")
+    "machine joined with `ray start`. Needs the [ray] extra: pip install -e '.[ray]' in the nst-watch checkout.")
 
 
 @main.command()

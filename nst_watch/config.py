@@ -338,7 +338,7 @@ class ClusterSettings(_Strict):
 
     backend: Literal["local", "ray"] = Field(
         "local", description="local: `run` has one worker here; ray: one actor per GPU of a Ray cluster "
-        "(pip install 'nst-watch[ray]')")
+        "(the [ray] extra: pip install -e '.[ray]')")
     address: str = Field(
         "auto", min_length=1, description="the Ray cluster: auto (the one this machine joined with `ray start`), "
         "HOST:PORT of its head, or ray://HOST:10001 (Ray Client)")

@@ -145,6 +145,29 @@ def test_twelve_photos_two_presets_through_two_actors_give_24_outputs_each_done_
     assert "Traceback" not in daemon.log
 
 
+def test_watch_plus_work_ray_share_the_ledger_with_a_local_worker(tmp_path, two_gpus):
+    # The two-process form (`watch` + `work --ray`) and a local `work` beside it: one ledger, each job once.
+    studio = Studio(tmp_path, service={"batch": 1}, preset_settings={"iterations": 20})
+    watcher = studio.start(role="watch")
+    dispatcher = studio.start("--ray", two_gpus, role="work")
+    local = None
+    try:
+        watcher.wait_ready()
+        wait_until(lambda: _engines_up(studio) == 2, 180, what="2 Ray engines up")
+        local = studio.start(role="work")
+        local.wait_ready()
+        stems = [photo(studio.inbox / f"s{i}.jpg", seed=20 + i).stem for i in range(6)]
+        wait_until(lambda: studio.counts().get("done") == 12, 300, what="12 jobs done")
+    finally:
+        codes = [p.stop(120) for p in (watcher, dispatcher, local) if p is not None]
+    assert codes == [0, 0, 0]
+    assert sorted(p.name for p in studio.outputs()) == sorted(f"{s}-{p}.jpg" for s in stems for p in ("a", "b"))
+    jobs = studio.jobs()
+    assert {j.attempts for j in jobs} == {1} and {j.state for j in jobs} == {"done"}
+    owners = [o for j in jobs for o in _owners(studio, j.id)]
+    assert any(":ray-" in o for o in owners) and any(":ray-" not in o for o in owners), owners
+
+
 def test_a_photo_stylised_on_the_cluster_is_the_picture_a_local_worker_makes(tmp_path, two_gpus):
     # 96x80 photos for 32 px outputs: the coordinator's resize stands in for the engine's.
     png = {"output": {"format": "png"}}
@@ -195,6 +218,25 @@ def test_an_actor_killed_mid_job_loses_nothing_and_its_job_runs_again(tmp_path, 
     assert "was lost mid-batch" in daemon.log and "back to pending for the next free engine" in daemon.log
 
 
+def test_sigterm_past_the_grace_period_hands_ray_jobs_back_uncounted_and_exits_0(tmp_path, two_gpus):
+    studio = Studio(tmp_path, service={"batch": 1, "grace_seconds": 1},
+                    preset_settings={"iterations": 3000, "early_stop": None})
+    daemon = studio.start("--ray", two_gpus)
+    try:
+        daemon.wait_ready(120)
+        wait_until(lambda: _engines_up(studio) == 2, 180, what="2 Ray engines up")
+        photo(studio.inbox / "long.jpg")
+        wait_until(lambda: sum(1 for w in _lanes(_snap(studio)) if w.get("step", 0) >= 2) == 2, 120,
+                   what="both engines in the middle of a job")
+    finally:
+        code = daemon.stop(120)
+    assert code == 0  # Ray's own SIGTERM handler (exit at once) must not replace the daemon's
+    jobs = studio.jobs()
+    assert [(j.state, j.attempts) for j in jobs] == [("pending", 0), ("pending", 0)]
+    assert daemon.log.count("released 1 job(s) for the next start") == 2
+    assert studio.outputs() == [] and studio.leftovers() == []
+
+
 def test_an_engine_that_cannot_load_on_the_cluster_is_named_in_status_and_tried_again(tmp_path, two_gpus):
     from torchvision.models import vgg
 
@@ -223,6 +265,30 @@ def test_an_engine_that_cannot_load_on_the_cluster_is_named_in_status_and_tried_
     finally:
         assert daemon.stop(120) == 0
     assert "a Ray engine is not up: WeightsError" in daemon.log
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped by init
+    except FileNotFoundError:
+        return True
+
+
+def test_the_dispatcher_does_not_outlive_a_killed_daemon_and_hands_its_job_back(tmp_path, two_gpus):
+    studio = Studio(tmp_path, presets=("a",), preset_settings={"iterations": 3000, "early_stop": None})
+    daemon = studio.start("--ray", two_gpus)
+    daemon.wait_ready(120)
+    wait_until(lambda: _engines_up(studio) == 2, 180, what="2 Ray engines up")
+    child = _cluster(studio)["dispatcher"]
+    photo(studio.inbox / "held.jpg")
+    wait_until(lambda: studio.counts().get("leased") == 1, 120, what="the job running on the cluster")
+    daemon.kill()  # SIGKILL: no chance to stop its child, so the kernel tells the child (PR_SET_PDEATHSIG)
+    wait_until(lambda: _gone(child), 60, what="the dispatcher child to go with it")
+    [job] = studio.jobs()
+    assert (job.state, job.attempts) == ("pending", 0)  # its grace ran out: handed back, not counted
+    assert "released 1 job(s) for the next start" in daemon.log
+    assert studio.leftovers() == []
 
 
 def test_single_machine_roles_never_load_ray_nor_the_watcher_torch(tmp_path):
@@ -259,7 +325,7 @@ def test_the_ray_backend_without_ray_installed_says_how_to_install_it(tmp_path):
         "sys.meta_path.insert(0, _NoRay())\n")
     daemon = studio.start("--ray", env={"PYTHONPATH": str(hide)})
     assert daemon.proc.wait(60) == 78
-    assert "pip install 'nst-watch[ray]'" in daemon.log and "cluster.backend: local" in daemon.log
+    assert "pip install -e '.[ray]'" in daemon.log and "cluster.backend: local" in daemon.log
 
 
 def test_run_with_ray_fails_fast_naming_an_address_where_no_cluster_listens(tmp_path):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -70,11 +71,16 @@ def connect(address: str) -> None:
     HOST:PORT of the head's GCS, or ray://HOST:PORT (Ray Client).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a studio daemon does not report usage
-    fix = ("start the cluster with `ray start --head` on its head machine and `ray start --address=HEAD:6379` "
-           "on this one, or set cluster.address (README \"Several machines\")")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ retry chatter stays out of the journal
+    fix = ("check cluster.address (or --ray) for a typo; start the cluster with `ray start --head` on its head "
+           "machine and `ray start --address=HEAD:6379` on this one (README \"Several machines\")")
     _reachable(address, fix)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, include_dashboard=False)
+        # log_to_driver off: the actors' output and Ray's own stay in Ray's log folder on each machine;
+        # what matters to an operator (an engine that will not start, one lost) nst-watch logs itself.
+        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, include_dashboard=False,
+                 log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         if "InvalidAuthToken" in f"{exc} {exc.__cause__}":  # Ray says so only deep in its chained errors
             raise ClusterError(
@@ -82,6 +88,12 @@ def connect(address: str) -> None:
                 "with RAY_AUTH_MODE=token and the token `ray start` used (the same ~/.ray/auth_token for this "
                 "user, or RAY_AUTH_TOKEN_PATH); see README \"Several machines\"") from None
         raise ClusterError(f"cannot join the Ray cluster at {address}: {exc}. Fix: {fix}") from None
+    finally:
+        # ray.init installs its own SIGTERM handler (sys.exit at once): the daemon's let running
+        # batches finish within service.grace_seconds, as a local worker's do.
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def _reachable(address: str, fix: str) -> None:
@@ -270,6 +282,7 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._probe = ThreadPoolExecutor(1, thread_name_prefix="ray-probe")  # one: a hung probe blocks the next
         self._answered_at = time.monotonic()
+        self._silent = False  # the last count of GPUs went unanswered
 
     @property
     def config(self) -> Config:
@@ -336,8 +349,9 @@ class Dispatcher:
         try:
             self.gpus = self._probe.submit(gpus_in_cluster).result(timeout=PROBE_TIMEOUT)
         except (FutureTimeout, Exception):  # noqa: BLE001 - any failure to answer counts as silence
+            self._silent = True
             return False
-        self._answered_at = time.monotonic()
+        self._answered_at, self._silent = time.monotonic(), False
         return True
 
     def _watch(self) -> None:
@@ -358,8 +372,12 @@ class Dispatcher:
     def state(self) -> str:
         if self.lost:
             return "lost"
+        if self._silent:
+            return "unreachable"  # for up to LOST_SECONDS, then lost
+        if not self.gpus:
+            return "waiting for GPUs"
         if not any(lane.darkroom.info for lane in self.lanes):
-            return "waiting for GPUs" if not self.gpus else "starting actors"
+            return "starting actors"
         return "connected"
 
     def info(self) -> dict:

@@ -6,7 +6,13 @@ gone for a minute and the intake must outlive that. While the child is down
 the intake keeps taking photos into the ledger; `status`, the web view and
 the systemd STATUS line say the cluster is unreachable and that jobs wait;
 the child is started again with a growing pause (RESTART_FIRST doubling up
-to RESTART_MAX seconds) until it joins the cluster again.
+to RESTART_MAX seconds) until it joins the cluster again. (A child may also
+wait inside ray.init, which keeps retrying for about a minute; it joins as
+soon as the cluster answers.)
+
+States, as `status` shows them: connecting (first start, up to
+CONNECT_SECONDS), then the child's own (connected, starting actors, waiting
+for GPUs, unreachable, lost), or unreachable while no child has joined.
 
 No torch, no Ray here: this module runs in the watcher's process.
 """
@@ -29,14 +35,27 @@ log = logging.getLogger("nst_watch.cluster")
 RESTART_FIRST = 2.0
 RESTART_MAX = 60.0
 STOP_MARGIN = 15.0  # beyond the grace period, for the child's own shutdown, before SIGKILL
+CONNECT_SECONDS = 15.0  # a first connection taking longer than this counts as an unreachable cluster
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the daemon dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
+PARENT_ENV = "NST_WATCH_DAEMON_PID"  # set for the child: the daemon it must not outlive
+
+
+def follow_parent() -> None:
+    """In the dispatcher child: get SIGTERM when the daemon dies, even by SIGKILL (Linux PR_SET_PDEATHSIG).
+
+    Called by the child itself once started (a preexec_fn could deadlock a
+    daemon with threads); a daemon already gone by then ends it at once.
+    """
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent is None:
+        return
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass  # not Linux: a killed daemon may leave its dispatcher running until the cluster goes
+        return  # not Linux: a killed daemon may leave its dispatcher running until the cluster goes
+    if os.getppid() != int(parent):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class ClusterLink:
@@ -64,8 +83,9 @@ class ClusterLink:
                    "--ray", self.address]
         # systemd hears from the daemon only: the child's READY/STATUS would contradict it.
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
-        self._report, self.state = {}, "connecting"
+        env[PARENT_ENV] = str(os.getpid())
+        self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env)
+        self._report, self._spawned_at = {}, time.monotonic()
         log.info("Ray dispatcher started (pid %d) for the cluster at %s", self._proc.pid, self.address)
 
     def step(self) -> None:
@@ -91,14 +111,19 @@ class ClusterLink:
     def _read_child(self) -> None:
         pid = self._proc.pid if self._proc is not None else None
         report = next((p for p in read_live(self.state_dir) if p.get("pid") == pid and p.get("role") == "ray"), None)
-        if report is None:
+        cluster = (report or {}).get("cluster")
+        if report is not None:
+            self._report = report
+        if isinstance(cluster, dict):  # the child has joined the cluster and says how it is
+            self.state, self.message = str(cluster.get("state")), cluster.get("message")
+            if self.state == "connected":
+                self._pause = RESTART_FIRST  # the next loss starts its pauses short again
             return
-        self._report = report
-        cluster = report.get("cluster") or {}
-        self.state = str(cluster.get("state") or "connecting")
-        self.message = cluster.get("message")
-        if self.state == "connected":
-            self._pause = RESTART_FIRST  # the next loss starts its pauses short again
+        # Still inside ray.init, which retries for about a minute before it gives up.
+        waited = time.monotonic() - self._spawned_at
+        if self.state == "connecting" and waited > CONNECT_SECONDS:
+            self.state = "unreachable"
+            self.message = f"no answer for {waited:.0f}s; still trying"
 
     def info(self) -> dict:
         """The `cluster` block of the daemon's live status file (the child's, once it has reported)."""

@@ -49,9 +49,9 @@ def _need_ray() -> None:
     except (ImportError, ValueError):
         spec = None
     if spec is None:
-        raise ConfigError("cluster.backend is ray (or --ray was given) but Ray is not installed: "
-                          "pip install 'nst-watch[ray]' on this machine and on every GPU machine, or set "
-                          "cluster.backend: local")
+        raise ConfigError("cluster.backend is ray (or --ray was given) but Ray is not installed: install the "
+                          "[ray] extra (pip install -e '.[ray]' in the nst-watch checkout) on this machine and on "
+                          "every GPU machine, or set cluster.backend: local")
 
 
 class Daemon:
@@ -156,6 +156,9 @@ class Daemon:
 
     def _start_dispatcher(self, config: Config) -> None:
         from ..cluster.dispatcher import Dispatcher  # ray and torch are imported here, and only here
+        from .cluster import follow_parent
+
+        follow_parent()  # a child of `run`: it goes when the daemon goes
 
         self.worker = Dispatcher(config, self.ledger, config.cluster.address)
         self.worker.on_change = self._refresh_soon
@@ -289,7 +292,8 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
-        log.info("stopping: no new photos taken")
+        who = "Ray dispatcher " if self.role == "ray" else ""
+        log.info("%sstopping: %s", who, "no new photos taken" if self.intake is not None else "no new jobs claimed")
         if self.intake is not None:
             self.intake.stop()
         if self._live_file is not None:
@@ -305,7 +309,7 @@ class Daemon:
         if self._live_file is not None:
             self._live_file.unlink(missing_ok=True)
         self.ledger.close()
-        log.info("stopped")
+        log.info("%sstopped", who)
 
     # --- terminal view -----------------------------------------------------------------
 

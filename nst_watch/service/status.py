@@ -230,10 +230,14 @@ def snapshot(state_dir: Path, ledger: Ledger, *, recent: int = RECENT, failures:
     watches = [w for p in processes for w in (p.get("watches") or []) if isinstance(w, dict)]
     skipped = [{"watch": w.get("name"), **entry} for w in watches for entry in (w.get("skipped") or [])
                if isinstance(entry, dict)]
+    # The daemon's view of the Ray cluster (`run`'s, else a `work --ray` dispatcher's), where scripts look first.
+    clusters = sorted((p for p in processes if isinstance(p.get("cluster"), dict)),
+                      key=lambda p: p.get("role") == "ray")
     return jsonable({
         "running": bool(processes),
         "state_dir": str(state_dir),
         "counts": ledger.counts(),
+        "cluster": clusters[0]["cluster"] if clusters else None,
         "processes": processes,
         "skipped": skipped,
         "skipped_total": sum(int(w.get("skipped_total") or 0) for w in watches),
@@ -346,7 +350,6 @@ def render(snap: dict):
     from rich.text import Text
 
     parts = []
-    clusters = [p["cluster"] for p in snap["processes"] if isinstance(p.get("cluster"), dict)]
     if not snap.get("running"):
         parts.append(Text(f"No nst-watch daemon is running (no live status in "
                           f"{printable(live_dir(Path(snap.get('state_dir', '.'))))}); "
@@ -356,7 +359,8 @@ def render(snap: dict):
         counts.add_column(state, justify="right")
     counts.add_row(*(str(snap["counts"].get(s, 0)) for s in ("pending", "leased", "done", "failed", "dead")))
     parts.append(counts)
-    for cluster in clusters[:1]:  # `run` and its dispatcher report the same cluster
+    cluster = snap.get("cluster")
+    if isinstance(cluster, dict):
         parts.append(Text(printable(cluster_summary(cluster)),
                           style=None if cluster.get("state") == "connected" else "bold yellow"))
     if snap["processes"]:
