@@ -117,7 +117,7 @@ def run_case(work: Path, label: str, args, ray_address: str | None, actors: int,
 def ray_case(work: Path, args, gpus: int) -> dict:
     import ray
 
-    ray.init(num_cpus=2, num_gpus=gpus, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, num_gpus=gpus, include_dashboard=False, logging_level="WARNING")
     try:
         return run_case(work, f"ray-{gpus}-actor{'s' if gpus > 1 else ''}", args,
                         ray.get_runtime_context().gcs_address, gpus)

@@ -117,8 +117,14 @@ def test_a_cluster_that_goes_away_keeps_intake_running_and_work_resumes_when_it_
 
 @pytest.fixture(scope="module")
 def two_gpus():
-    """A real local Ray runtime with two logical GPUs; yields its address for `--ray`."""
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
+    """A real local Ray runtime with two logical GPUs; yields its address for `--ray`.
+
+    address="local": always a new runtime. Without it ray.init joins the
+    cluster named in /tmp/ray/ray_current_cluster (left by an earlier head,
+    perhaps this fixture's own before xdist ran another module in between)
+    and refuses num_cpus/num_gpus.
+    """
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
