@@ -275,10 +275,7 @@ class Ledger:
             )
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            # journal_mode is stored in the file; only switch (which needs a lock) when not yet WAL.
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode.lower() != "wal":
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._wal(conn)
             if mode.lower() != "wal":
                 conn.close()
                 raise LedgerError(
@@ -291,6 +288,27 @@ class Ledger:
             return conn
         except sqlite3.Error as exc:
             raise LedgerError(f"{self.path}: cannot open the job ledger: {exc}") from exc
+
+    def _wal(self, conn: sqlite3.Connection) -> str:
+        """Switch a new ledger file to WAL; the journal mode it ends in.
+
+        journal_mode is stored in the file, so only the first opener
+        switches (it needs a lock). SQLite does not call the busy handler
+        for that switch: processes that open a fresh ledger at the same
+        moment (a watcher and its workers started together) get "database
+        is locked" at once. They retry here, within busy_timeout.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if mode.lower() != "wal":
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                return mode
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -407,6 +407,36 @@ def test_processes_claim_each_job_exactly_once(db):
     ledger.close()
 
 
+def _open_fresh_ledgers(folder, rounds, barrier, errors):
+    """Open a new ledger file each round, at the same moment as the other processes."""
+    for i in range(rounds):
+        barrier.wait(timeout=30)
+        try:
+            Ledger(f"{folder}/round{i}.db").close()
+        except LedgerError as exc:
+            errors.put(str(exc))
+
+
+def test_processes_that_open_a_fresh_ledger_together_all_open_it(tmp_path):
+    # A watcher and its workers started at once on an empty state_dir: the WAL switch
+    # used to fail at once with "database is locked" (about one round in eight).
+    barrier, errors = SPAWN.Barrier(3), SPAWN.Queue()
+    openers = [SPAWN.Process(target=_open_fresh_ledgers, args=(str(tmp_path), 40, barrier, errors))
+               for _ in range(3)]
+    for p in openers:
+        p.start()
+    for p in openers:
+        p.join(timeout=120)
+    assert [p.exitcode for p in openers] == [0, 0, 0]
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    assert failures == []
+    for i in range(40):
+        with closing(sqlite3.connect(tmp_path / f"round{i}.db")) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 def _claim_and_hang(path, ready):
     """Claim a job, start another write and never finish it: the parent SIGKILLs us."""
     ledger = Ledger(path)
