@@ -209,15 +209,34 @@ def resident_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
+def available_ram() -> int | None:
+    """Bytes of RAM a new allocation can have now: free plus reclaimable page cache.
+
+    Linux's MemAvailable (/proc/meminfo). Free pages alone (SC_AVPHYS_PAGES)
+    understate it badly on a machine that has just read or written a lot
+    (installing packages, copying photos): the page cache holds the rest and
+    gives it back on demand. Elsewhere the free pages, or None if unknown.
+    """
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def default_max_memory(device: torch.device) -> int:
     """80 % of the GPU's free memory, or half the RAM available now on a CPU (4 GB where unknown)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.8)
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.5)
-    except (ValueError, OSError, AttributeError):
-        return 4 * 10**9
+    available = available_ram()
+    return int(available * 0.5) if available is not None else 4 * 10**9
 
 
 def fit_long_edge(height: int, width: int, long_edge: int) -> tuple[int, int]:
