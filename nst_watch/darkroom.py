@@ -18,7 +18,7 @@ import torch
 
 from . import __version__, photo as photo_io
 from .config import EngineSettings, Preset, deepest, min_edge, style_size_problem
-from .engine import Engine, StylizeResult, fit_long_edge
+from .engine import Engine, StylizeResult, output_size
 from .engine.engine import fit_size
 from .errors import EngineError, PhotoError, PresetError
 from .progress import ProgressDisplay
@@ -127,7 +127,7 @@ class Darkroom:
         """PhotoError (permanent) when `photo` is too thin for the preset's layers at its size."""
         layers = [*preset.content_layers, *preset.style_layers]
         need = min_edge(layers)
-        out_h, out_w = fit_long_edge(photo.height, photo.width, preset.long_edge(photo.height, photo.width))
+        out_h, out_w = output_size(photo.height, photo.width, preset)
         if min(out_h, out_w) < need:
             raise PhotoError(
                 photo.path, f"{photo.width}x{photo.height} is {out_w}x{out_h} at size {preset.size}, too small for "

@@ -42,7 +42,7 @@ from ray.exceptions import (ActorDiedError, GetTimeoutError, NodeDiedError, Obje
 
 from ..config import Config, EngineSettings, Preset
 from ..darkroom import Darkroom, to_pixels, to_tensor
-from ..engine.engine import fit_long_edge, resize
+from ..engine.engine import output_size, resize
 from ..errors import NstWatchError
 from ..jobs import Ledger
 from ..service.worker import Cancelled, EngineLost, Worker
@@ -145,7 +145,6 @@ class RemoteDarkroom(Darkroom):
         self._refs = refs
         self.info: dict | None = None  # Stylist.describe(), once the actor is up
         self._asking = None
-        self._told = False  # a failed start already logged
         self.problem: str | None = None  # why the actor is not up, for status
 
     @property
@@ -175,18 +174,16 @@ class RemoteDarkroom(Darkroom):
         try:
             self.info = ray.get(asking)
         except RayActorError as exc:
-            self.problem = _reason(exc)
+            reason = _reason(exc)
+            if self.problem is None:  # once per outage: while a node is away its lane asks every second
+                log.warning("a Ray engine is not up: %s; its jobs wait for another, and it is tried again", reason)
+            self.problem = reason
             if isinstance(exc, ActorDiedError):
                 # Ray does not restart an actor whose engine failed to load (say, engine.weights
                 # missing on its machine): a new one tries again, in case it has been fixed since.
                 self._again_at = time.monotonic() + RECREATE_SECONDS
-            # Once per outage: while a node is away its lane asks every second.
-            if not self._told:
-                log.warning("a Ray engine is not up: %s; its jobs wait for another, and it is tried again",
-                            self.problem)
-            self._told = True
         else:
-            self._told, self.problem = False, None
+            self.problem = None
         return self.info is not None
 
     def stylize_photos(self, photos, preset: Preset, progress=None) -> list:
@@ -397,7 +394,7 @@ def _at_output_size(pixels: np.ndarray, preset: Preset) -> np.ndarray:
     nothing left to do, so the picture is the same up to float rounding.
     """
     height, width = pixels.shape[:2]
-    size = fit_long_edge(height, width, preset.long_edge(height, width))
+    size = output_size(height, width, preset)
     if size == (height, width):
         return pixels
     return to_pixels(resize(to_tensor(pixels)[None], size)[0])

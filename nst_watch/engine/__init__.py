@@ -4,7 +4,7 @@ No files, no printing, no YAML. Import cost is torch's; the watcher never
 imports this package.
 """
 
-from .engine import Engine, Progress, StylizeResult, fit_long_edge, scale_sizes
+from .engine import Engine, Progress, StylizeResult, fit_long_edge, output_size, scale_sizes
 from .losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
 from .vgg import CONTENT_LAYERS, LAYER_NAMES, STYLE_LAYERS, FeatureExtractor, layer_index
 
@@ -21,6 +21,7 @@ __all__ = [
     "TVLoss",
     "fit_long_edge",
     "gram_matrix",
+    "output_size",
     "layer_index",
     "scale_sizes",
 ]

@@ -244,6 +244,11 @@ def fit_long_edge(height: int, width: int, long_edge: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def output_size(height: int, width: int, preset: Preset) -> tuple[int, int]:
+    """(height, width) in pixels of a photo of `height` x `width` stylised with `preset` (its size, or full)."""
+    return fit_long_edge(height, width, preset.long_edge(height, width))
+
+
 def fit_size(height: int, width: int, need: int) -> str:
     """What to do about an image whose short edge is below `need` px at its size: a hint for messages."""
     size = -(-need * max(height, width) // min(height, width))  # ceil
@@ -556,7 +561,7 @@ class Engine:
         for i, image in enumerate(contents):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"content image {i} must be [3, H, W], got {tuple(image.shape)}")
-            groups.setdefault(fit_long_edge(*image.shape[-2:], preset.long_edge(*image.shape[-2:])), []).append(i)
+            groups.setdefault(output_size(*image.shape[-2:], preset), []).append(i)
         batches = []
         for (h, w), members in groups.items():
             per_batch = max(1, self.work_memory // self.untiled_bytes((h, w), preset.history_size))

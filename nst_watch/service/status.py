@@ -369,13 +369,14 @@ def render(snap: dict):
             procs.add_column(col, overflow="fold")
         for p in snap["processes"]:
             detail = ", ".join(f"{w.get('name')} ({w.get('mode')})" for w in p.get("watches") or [])
-            busy = [w for w in workers_of(p) if w.get("jobs")]
+            workers = workers_of(p)
+            busy = [w for w in workers if w.get("jobs")]
             for worker in busy:
                 where = f" on {worker.get('device')}" if p.get("role") == "ray" else ""
                 detail += (f"{'; ' if detail else ''}job {', '.join(map(str, worker['jobs']))}{where} "
                            f"{worker.get('preset')} step {worker.get('step')}/{worker.get('steps')}"
                            f"{tile_progress(worker)}: {', '.join(worker.get('photos') or [])}")
-            if not busy and workers_of(p):
+            if not busy and workers:
                 detail += " idle" if detail else "idle"
             procs.add_row(*(Text(printable(v)) for v in (p.get("role"), p.get("pid"), p.get("state", "running"),
                                                          detail)))
