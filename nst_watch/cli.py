@@ -210,7 +210,8 @@ def _preset_overrides(ctx: click.Context, values: dict) -> dict:
 @click.option("--device", help="auto | cpu | cuda | cuda:N.", show_default=EngineSettings().device)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp64"]),
               show_default=EngineSettings().precision,
-              help="auto: bf16 convolutions on CUDA, fp32 on CPU; fp64 only to check exactness (slow).")
+              help="auto: on CUDA bf16 convolutions where a scale has 1 MP or more a batch, fp32 below; fp32 on "
+              "CPU; fp64 only to check exactness (slow).")
 @click.option("--max-memory", metavar="SIZE", callback=lambda ctx, param, value: _convert(_bytes, ctx, param, value),
               help="Peak memory for the engine, e.g. 1.5GB; larger images run in exact tiles.",
               show_default="80% of free GPU memory, or half the available RAM")

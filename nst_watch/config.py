@@ -73,7 +73,7 @@ class Pyramid(_Strict):
     Above 1024 px (size: full, large sizes) the picture is laid out at the
     largest scale up to 1024 px with all `iterations`, and each larger scale
     only refines detail: iterations x (1024 / its long edge)^2, at least 10
-    (nst_watch.engine.engine.scale_iterations).
+    (nst_watch.engine.pyramid.scale_iterations).
     """
 
     min_size: int = Field(64, ge=16, description="long edge of the first, coarsest scale, in pixels")

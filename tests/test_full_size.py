@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageCms
 
 from daemon_kit import Studio, photo, wait_until
-from nst_watch.engine.engine import WORKSPACE_BYTES
+from nst_watch.engine.memory import WORKSPACE_BYTES
 
 
 def camera_photo(path, size=(96, 64)):

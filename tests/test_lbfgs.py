@@ -101,18 +101,17 @@ def test_torch_lbfgs_clamped_between_steps_misses_that_minimum():
 
 
 def test_a_pair_without_positive_curvature_is_skipped_for_that_problem_only():
-    # Problem 0 is concave along its only axis (y.s < 0): its pair must be
-    # dropped (rho 0) without touching problem 1's history.
-    x = torch.tensor([[0.5], [0.2]], dtype=torch.float64)
-    optimiser = BatchedLBFGS(x, history=4, bounds=UNBOUNDED)
-    curvature = torch.tensor([[-1.0], [2.0]], dtype=torch.float64)
-    for _ in range(3):
-        optimiser.step(curvature * x)
-    rho = torch.stack(optimiser.rho)
-    assert len(rho) == 2  # two pairs from three steps
-    assert rho[:, 0].eq(0).all()
-    assert rho[:, 1].gt(0).all()
-    assert torch.isfinite(x).all()
+    # Problem 0 is concave along its only axis (y.s < 0): its pairs must be
+    # dropped, as torch.optim.LBFGS drops them, without touching problem 1's
+    # history; problem 1 must step as if alone.
+    a = torch.tensor([[[-1.0]], [[2.0]]], dtype=torch.float64)
+    b = torch.tensor([[0.1], [0.3]], dtype=torch.float64)
+    x0 = torch.tensor([[0.5], [0.2]], dtype=torch.float64)
+    ours = batched_path(a, b, x0, 3, 4)
+    reference = torch_lbfgs_path(a, b, x0, 3, 4)
+    assert torch.isfinite(ours).all()
+    assert torch.allclose(ours, reference, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(ours[1:], batched_path(a[1:], b[1:], x0[1:], 3, 4), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5, 4), (1, 3, 8, 8)])

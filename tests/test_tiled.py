@@ -13,7 +13,7 @@ import torch
 
 from nst_watch.config import Preset
 from nst_watch.engine import Engine
-from nst_watch.engine.engine import FORWARD_BYTES
+from nst_watch.engine.memory import FORWARD_BYTES
 from nst_watch.engine.tiled import Geometry, tiles
 
 SHALLOW = dict(content_layers=["relu3_1"], style_layers=["relu1_1", "relu2_1", "relu3_1"])

@@ -42,7 +42,7 @@ from ray.exceptions import (ActorDiedError, GetTimeoutError, NodeDiedError, Obje
 
 from ..config import Config, EngineSettings, Preset
 from ..darkroom import Darkroom, to_pixels, to_tensor
-from ..engine.engine import output_size, resize
+from ..engine.pyramid import output_size, resize
 from ..errors import NstWatchError
 from ..jobs import Ledger
 from ..service.worker import Cancelled, EngineLost, Worker

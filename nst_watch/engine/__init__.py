@@ -4,7 +4,9 @@ No files, no printing, no YAML. Import cost is torch's; the watcher never
 imports this package.
 """
 
-from .engine import Engine, Progress, StylizeResult, fit_long_edge, output_size, scale_sizes
+from .clock import Progress
+from .engine import Engine, StylizeResult
+from .pyramid import fit_long_edge, output_size, resize, scale_sizes
 from .losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
 from .vgg import CONTENT_LAYERS, LAYER_NAMES, STYLE_LAYERS, FeatureExtractor, layer_index
 
@@ -22,6 +24,7 @@ __all__ = [
     "fit_long_edge",
     "gram_matrix",
     "output_size",
+    "resize",
     "layer_index",
     "scale_sizes",
 ]

@@ -2,19 +2,29 @@
 
 Every loss returns one value per image ([N]), so a batch of photos is just a
 sum of independent problems (exact with Adam, whose update is elementwise).
+Each module's `forward` is the plain differentiable definition. The
+gradients the optimiser's objective uses (objective.py) come in closed
+form: autograd would spend about 20 small operations per layer on what is
+two matrix products and a norm, and on a GPU each is a kernel launch. The
+content and style terms are squared norms, value = |r|^2, and their
+`root_and_gradient` returns |r|, so the objective squares all its terms
+at once; TV's `value_and_gradient` needs no backward pass at all.
 
 Departure from the paper: each content and style term is divided by the
 energy of its own target (mean of squares). The paper's raw sums of squares
 make the right alpha/beta depend on image size, layer, and which VGG19
 weights are loaded (Caffe activations are ~100x torchvision's); normalised
 terms start near 1 for every layer, so one set of weights works everywhere.
+The weights (content_weight, style_weight x the layer's w_l, tv_weight)
+are folded into each module, so no separate scaling pass runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _EPS = 1e-8
@@ -37,18 +47,28 @@ class _Gram(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (flat,) = ctx.saved_tensors
-        symmetric = grad + grad.transpose(1, 2)
-        if flat.stride(1) == 1:
-            # channels_last features: return the gradient in their layout
-            # (F^T S, transposed), or the conv branch's gradient meets it in
-            # a strided add and the conv backward reorders its input.
-            return torch.bmm(flat.transpose(1, 2), symmetric).transpose(1, 2)
-        return torch.bmm(symmetric, flat)
+        return _times_features(grad + grad.transpose(1, 2), flat)
+
+
+def _times_features(matrix: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """matrix [N, C, C] @ flat [N, C, M], in flat's memory layout.
+
+    channels_last features (stride 1 along C) get their gradient in the
+    same layout (F^T S, transposed): otherwise the conv branch's gradient
+    meets it in a strided add and the conv backward reorders its input.
+    """
+    return torch.bmm(flat.mT, matrix).mT if flat.stride(1) == 1 else torch.bmm(matrix, flat)
 
 
 def wide(t: torch.Tensor) -> torch.Tensor:
     """`t` in float32, or float64 if it already is (the engine's fp64 precision, for exactness checks)."""
-    return t if t.dtype == torch.float64 else t.float()
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def flat_features(features: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] -> [N, C, H*W], a view in both memory formats (channels_last merges H and W too)."""
+    n, c, h, w = features.shape
+    return features.reshape(n, c, h * w)
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -61,75 +81,153 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """
     n, c, h, w = features.shape
     with torch.autocast(features.device.type, enabled=False):
-        # A view for both memory formats: channels_last merges H and W too.
-        flat = wide(features).reshape(n, c, h * w)
-        return _Gram.apply(flat) / (h * w)
+        return _Gram.apply(flat_features(wide(features))) / (h * w)
 
 
-def _normalised_mse(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    dims = tuple(range(1, input.dim()))
-    energy = target.pow(2).mean(dim=tuple(range(1, target.dim()))) + _EPS
-    return (input - target).pow(2).mean(dim=dims) / energy
+def _energy(target: torch.Tensor) -> torch.Tensor:
+    """Mean of squares over everything but the batch dimension, plus epsilon: [N]."""
+    return target.pow(2).mean(dim=tuple(range(1, target.dim()))) + _EPS
 
 
 class ContentLoss(nn.Module):
-    """Feature reconstruction loss at one layer (paper eq. 1, normalised)."""
+    """Feature reconstruction loss at one layer (paper eq. 1, normalised).
 
-    def __init__(self, target: torch.Tensor):
+    weight * mean((F - P)^2) / mean(P^2), per image. `target` P is
+    [N, C, H, W] (or [1, ...] shared by the batch).
+    """
+
+    def __init__(self, target: torch.Tensor, weight: float = 1.0):
         super().__init__()
-        self.register_buffer("target", wide(target.detach()))
+        target = wide(target.detach())
+        coefficient = weight / (_energy(target) * target[0].numel())  # [N]
+        root = coefficient.sqrt().view(-1, 1, 1, 1)
+        self.register_buffer("target", target)
+        self.register_buffer("coefficient", coefficient)
+        self.register_buffer("root", root)
+        self.register_buffer("scaled_target", -root * target)
+        self.register_buffer("root2", 2 * root)
+        self.weight = float(weight)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return _normalised_mse(wide(features), self.target)
+        diff = wide(features) - self.target
+        return diff.pow(2).sum(dim=(1, 2, 3)) * self.coefficient
+
+    def root_and_gradient(self, features: torch.Tensor, out: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """([N] square roots of the values, d value / d features), without a graph; `out` receives the roots.
+
+        With r = sqrt(k) (F - P), the value is |r|^2 and its gradient 2 sqrt(k) r.
+        """
+        diff = torch.addcmul(self.scaled_target, wide(features), self.root)
+        return torch.linalg.vector_norm(diff, dim=(1, 2, 3), out=out), diff * self.root2
 
 
 class StyleLoss(nn.Module):
     """Gram matrix loss at one layer (paper eq. 4, normalised).
 
-    `target` is a [C, C] Gram (shared by the batch) or [N, C, C].
+    weight * mean((G - A)^2) / mean(A^2), per image, with G the Gram of the
+    features (gram_matrix). `target` A is a [C, C] Gram (shared by the
+    batch) or [N, C, C].
     """
 
-    def __init__(self, target_gram: torch.Tensor):
+    def __init__(self, target_gram: torch.Tensor, weight: float = 1.0):
         super().__init__()
         if target_gram.dim() == 2:
             target_gram = target_gram.unsqueeze(0)
-        self.register_buffer("target", wide(target_gram.detach()))
+        target = wide(target_gram.detach())
+        c = target.shape[-1]
+        energy = target.pow(2).mean(dim=(1, 2)) + _EPS
+        # value = |sqrt(k) (G - A)|^2 with k = weight / (C^2 E_A): `root` is sqrt(k) per image, [N, 1, 1].
+        root = (weight / (c * c * energy)).sqrt().view(-1, 1, 1)
+        self.register_buffer("target", target)
+        self.register_buffer("root", root)
+        self.register_buffer("scaled_target", -root * target)  # -sqrt(k) A, baddbmm's addend
+        self.register_buffer("zero", target.new_zeros(()))
+        self.weight = float(weight)
+        # One target for the whole batch: sqrt(k) is a number, read once here, and folds into the products.
+        self._shared_root = float(root) if root.numel() == 1 else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         gram = gram_matrix(features)
-        return _normalised_mse(gram, self.target.expand_as(gram))
+        return (gram - self.target).mul(self.root).pow(2).sum(dim=(1, 2))
+
+    def root_and_gradient(self, features: torch.Tensor, out: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """([N] square roots of the values, d value / d features), without a graph; `out` receives the roots.
+
+        With D = sqrt(k) (G - A) and G = F F^T / M (M positions), the value is
+        |D|^2 and its gradient 2 sqrt(k) (D + D^T) F / M = 4 sqrt(k) D F / M
+        (D is symmetric): one product for G, one for the gradient.
+        """
+        n, c, h, w = features.shape
+        flat = flat_features(wide(features))
+        flat_t = flat.mT
+        m = h * w
+        root = self._shared_root
+        if root is not None:
+            diff = torch.baddbmm(self.scaled_target, flat, flat_t, alpha=root / m)
+            scaled, alpha = diff, 4 * root / m
+        else:
+            diff = torch.baddbmm(self.scaled_target, flat * self.root, flat_t, alpha=1 / m)
+            scaled, alpha = diff * self.root, 4 / m
+        if flat.stride(1) == 1:  # channels_last: the gradient in the features' layout (see _times_features)
+            gradient = torch.baddbmm(self.zero, flat_t, scaled, beta=0, alpha=alpha).mT
+        else:
+            gradient = torch.baddbmm(self.zero, scaled, flat, beta=0, alpha=alpha)
+        return torch.linalg.vector_norm(diff, dim=(1, 2), out=out), gradient.view(features.shape)
 
 
 class TVLoss(nn.Module):
-    """Total variation: mean squared difference of neighbouring pixels."""
+    """Total variation: weight * (mean squared difference of horizontal neighbours + of vertical ones).
+
+    Per image, over channels: [N, C, H, W] -> [N]. `forward` takes the
+    differences; `value_and_gradient` needs no backward pass: the term is
+    the quadratic form x . L x of the image's graph Laplacian L (with the
+    differences' own weights, and Neumann borders: a border pixel has no
+    neighbour outside), so L x is one depthwise 3x3 convolution of the
+    image padded by replication, the value the image's dot product with
+    it, and the gradient 2 L x.
+    """
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        self.weight = float(weight)
+        self._kernels: dict[tuple, torch.Tensor] = {}
+
+    def _weights(self, c: int, h: int, w: int) -> tuple[float, float]:
+        """(horizontal, vertical) weight per squared difference: weight / number of differences."""
+        return self.weight / (c * h * max(w - 1, 1)), self.weight / (c * max(h - 1, 1) * w)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        horizontal, vertical = self._weights(*image.shape[1:])
         dx = image[..., :, 1:] - image[..., :, :-1]
         dy = image[..., 1:, :] - image[..., :-1, :]
-        return dx.pow(2).mean(dim=(1, 2, 3)) + dy.pow(2).mean(dim=(1, 2, 3))
+        return dx.pow(2).sum(dim=(1, 2, 3)) * horizontal + dy.pow(2).sum(dim=(1, 2, 3)) * vertical
 
+    def laplacian(self, image: torch.Tensor) -> torch.Tensor:
+        """L x, [N, C, H, W]: the value is x . L x and the gradient 2 L x (see the class docstring)."""
+        n, c, h, w = image.shape
+        padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
+        return F.conv2d(padded, self._kernel(c, h, w, image.dtype, image.device), groups=c)
 
-class Scale(nn.Module):
-    """Multiplies a loss module's output by a fixed weight."""
+    def value_and_gradient(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([N] values, d value / d image), without a graph."""
+        lx = self.laplacian(image)
+        return torch.sum(image * lx, dim=(1, 2, 3)), lx * 2
 
-    def __init__(self, module: nn.Module, scale: float):
-        super().__init__()
-        self.module = module
-        self.register_buffer("scale", torch.tensor(float(scale)))
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self.module(*args, **kwargs) * self.scale
-
-
-class LayerSum(nn.Module):
-    """Sum of per-layer losses, each reading its own layer's features."""
-
-    def __init__(self, losses: Mapping[str, nn.Module]):
-        super().__init__()
-        self.losses = nn.ModuleDict(dict(losses))
-
-    def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return sum(loss(features[name]) for name, loss in self.losses.items())
+    def _kernel(self, c: int, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (c, h, w, dtype, device)
+        if key not in self._kernels:
+            if len(self._kernels) >= 16:  # one per image shape: a pyramid and a few photo shapes
+                self._kernels.clear()
+            horizontal, vertical = self._weights(c, h, w)
+            kernel = torch.zeros(c, 1, 3, 3, dtype=torch.float64)
+            # L: each squared difference (x_a - x_b)^2 with weight u adds u(x_a - x_b) to (L x)_a.
+            kernel[:, 0, 1, 0] = kernel[:, 0, 1, 2] = -horizontal
+            kernel[:, 0, 0, 1] = kernel[:, 0, 2, 1] = -vertical
+            kernel[:, 0, 1, 1] = 2 * (horizontal + vertical)
+            self._kernels[key] = kernel.to(device, dtype)
+        return self._kernels[key]
 
 
 def layer_weights(layers: Sequence[str], weights: Sequence[float] | None) -> dict[str, float]:

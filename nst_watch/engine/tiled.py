@@ -37,18 +37,22 @@ Positions of the halo are computed but masked out of Grams and content terms.
 The total variation term is computed on the whole image (it is cheap and
 local). The price of exactness is one extra forward pass per tile: a tiled
 iteration costs about 1.5x an untiled one of the same pixels.
+
+Three passes read owned features tile by tile without a graph: a style
+image's Gram targets, the content targets, and each iteration's pass 1.
+`tile_features` is that pass, once.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..config import min_edge
-from .losses import _EPS, TVLoss, gram_matrix, wide
+from .losses import _EPS, StyleLoss, TVLoss, gram_matrix, wide
 from .vgg import LAYER_NAMES, FeatureExtractor, layer_index
 
 
@@ -113,8 +117,8 @@ def tiles(height: int, width: int, tile: int, geometry: Geometry) -> list[Tile]:
     return out
 
 
-def _gram_sum(features: torch.Tensor) -> torch.Tensor | float:
-    """sum_p F_p F_p^T over the positions of [1, C, h, w] features (0 where a tile owns none)."""
+def gram_sum(features: torch.Tensor) -> torch.Tensor | float:
+    """sum_p F_p F_p^T over the positions of [1, C, h, w] features, [C, C] (0 where a tile owns none)."""
     positions = features.shape[-2] * features.shape[-1]
     return gram_matrix(features)[0] * positions if positions else 0.0
 
@@ -134,8 +138,31 @@ def owned(tile: Tile, features: Mapping[str, torch.Tensor], name: str) -> torch.
     return wide(f[..., ys, xs])
 
 
+def tile_features(extractor: FeatureExtractor, image: torch.Tensor, grid: Sequence[Tile], layers: Sequence[str], *,
+                  device: torch.device, dtype: torch.dtype, channels_last: bool,
+                  render: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+                  ) -> Iterator[tuple[int, Tile, dict[str, torch.Tensor]]]:
+    """Per tile of `grid`, without a graph: (index, tile, {layer: the features it owns}).
+
+    `image` is [1, C, H, W] anywhere (the host, for a photo too big for the
+    device); each tile is cropped, moved to `device`, rendered to RGB and
+    run through `extractor`.
+    """
+    with torch.no_grad():
+        for i, tile in enumerate(grid):
+            features = extractor(render(crop(tile, image, device, dtype, channels_last)))
+            yield i, tile, {name: owned(tile, features, name) for name in layers}
+
+
+def add_grams(kept: Mapping[str, torch.Tensor], sums: dict, counts: dict) -> None:
+    """Add one tile's Gram sums and position counts of its owned features into `sums` and `counts`."""
+    for name, f in kept.items():
+        sums[name] = sums.get(name, 0.0) + gram_sum(f)
+        counts[name] = counts.get(name, 0) + f.shape[-2] * f.shape[-1]
+
+
 def gram_matrices(extractor: FeatureExtractor, image: torch.Tensor, layers: Sequence[str], tile: int, *,
-                  device: torch.device, dtype: torch.dtype = torch.float32, autocast: bool = False,
+                  device: torch.device, dtype: torch.dtype = torch.float32,
                   channels_last: bool = True) -> dict[str, torch.Tensor]:
     """Gram matrices [1, C, C] of `image` [1, 3, H, W] at `layers`, computed `tile` px at a time.
 
@@ -143,100 +170,72 @@ def gram_matrices(extractor: FeatureExtractor, image: torch.Tensor, layers: Sequ
     over positions, divided by their number), for a style image whose
     forward pass does not fit in memory whole. No graph is kept.
     """
-    geometry = Geometry.of(layers)
-    sums: dict[str, torch.Tensor | float] = {name: 0.0 for name in layers}
-    counts = dict.fromkeys(layers, 0)
-    with torch.no_grad():
-        for t in tiles(*image.shape[-2:], tile, geometry):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                features = extractor(crop(t, image, device, dtype, channels_last))
-            for name in layers:
-                f = owned(t, features, name)
-                sums[name] = sums[name] + _gram_sum(f)
-                counts[name] += f.shape[-2] * f.shape[-1]
+    grid = tiles(*image.shape[-2:], tile, Geometry.of(layers))
+    sums: dict = {}
+    counts: dict = {}
+    for _, _, kept in tile_features(extractor, image, grid, layers, device=device, dtype=dtype,
+                                    channels_last=channels_last):
+        add_grams(kept, sums, counts)
     return {name: (sums[name] / counts[name])[None] for name in layers}
 
 
-@dataclass
-class TiledTerms:
-    """Weighted objective terms of one image (floats), as the untiled objective's."""
-
-    content: float
-    style: float
-    tv: float
-
-    @property
-    def total(self) -> float:
-        return self.content + self.style + self.tv
-
-
 class TiledObjective:
-    """content_weight * L_c + style_weight * sum_l w_l L_s,l + tv_weight * TV, by tiles.
+    """content_weight * L_c + sum_l style loss_l + TV, by tiles: objective.StyleTransferObjective's terms, exactly.
 
     `extractor` runs VGG19 to the layers in use; `content` is the content
     image [1, 3, H, W] (RGB in [0, 1], on any device) whose features at
-    `content_layers` are the targets; `grams` maps each style layer to its
-    target Gram [C, C] or [1, C, C] (normalised by positions, as
-    losses.gram_matrix); `layer_weights` are the style layers' w_l.
-    `render` maps the optimised tensor to the RGB image VGG19 sees (identity,
-    or grey to RGB for colour: luminance). Tiles run on `device`; images and
-    gradients stay where the caller keeps them (the host, for a photo too big
-    for the device).
+    `content_layers` are the targets; `style` maps each style layer to its
+    StyleLoss (target Gram and weight, style_weight x w_l, folded in);
+    `tv` is the TVLoss (weight folded in). `render` maps the optimised
+    tensor to the RGB image VGG19 sees (identity, or grey to RGB for
+    colour: luminance). Tiles run on `device`; images and gradients stay
+    where the caller keeps them (the host, for a photo too big for the
+    device).
     """
 
     def __init__(self, extractor: FeatureExtractor, content: torch.Tensor, *,
-                 content_layers: Sequence[str], style_layers: Sequence[str],
-                 grams: Mapping[str, torch.Tensor], layer_weights: Mapping[str, float],
-                 content_weight: float, style_weight: float, tv_weight: float,
-                 render: Callable[[torch.Tensor], torch.Tensor], tile: int,
-                 device: torch.device, dtype: torch.dtype = torch.float32, autocast: bool = False,
-                 channels_last: bool = True):
+                 content_layers: Sequence[str], content_weight: float, style: Mapping[str, StyleLoss],
+                 tv: TVLoss, render: Callable[[torch.Tensor], torch.Tensor], tile: int,
+                 device: torch.device, dtype: torch.dtype = torch.float32, channels_last: bool = True):
         if content.dim() != 4 or len(content) != 1:
             raise ValueError(f"content must be [1, C, H, W], got {tuple(content.shape)}")
         self.extractor = extractor
-        self.content_layers, self.style_layers = tuple(content_layers), tuple(style_layers)
+        self.content_layers, self.style_layers = tuple(content_layers), tuple(style)
         self.geometry = Geometry.of([*self.content_layers, *self.style_layers])
         self.tiles = tiles(*content.shape[-2:], tile, self.geometry)
         self.shape = tuple(content.shape)
-        self.device, self.dtype, self.autocast, self.channels_last = device, dtype, autocast, channels_last
+        self.device, self.dtype, self.channels_last = device, dtype, channels_last
         self.render = render
-        self.weights = {"content": content_weight, "style": style_weight, "tv": tv_weight}
-        self.layer_weights = dict(layer_weights)
-        self.grams = {name: g.reshape(g.shape[-2:]).to(device, dtype) for name, g in grams.items()}
-        self.gram_energy = {name: g.pow(2).mean() + _EPS for name, g in self.grams.items()}
+        self.content_weight = content_weight
+        self.style = {name: loss.to(device) for name, loss in style.items()}
+        self.tv = tv
         self.positions = {}  # layer -> (H_l * W_l) of the whole image
         self.targets: list[dict[str, torch.Tensor]] = []  # per tile, owned content features (on content's device)
         self._content_targets(content)
 
-    # --- setup -------------------------------------------------------------------
-
-    def _crop(self, tile: Tile, image: torch.Tensor) -> torch.Tensor:
-        return crop(tile, image, self.device, self.dtype, self.channels_last)
-
-    def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self.extractor(self.render(x))
+    def _tile_features(self, image: torch.Tensor, layers: Sequence[str]):
+        return tile_features(self.extractor, image, self.tiles, layers, device=self.device, dtype=self.dtype,
+                             channels_last=self.channels_last, render=self.render)
 
     def _content_targets(self, content: torch.Tensor) -> None:
-        counts = {name: 0 for name in (*self.content_layers, *self.style_layers)}
+        counts: dict = {}
         energy = {name: 0.0 for name in self.content_layers}
-        with torch.no_grad():
-            for tile in self.tiles:
-                features = self._run(self._crop(tile, content))
-                kept = {name: owned(tile, features, name) for name in counts}
-                for name, f in kept.items():
-                    counts[name] += f.shape[-2] * f.shape[-1]
-                for name in self.content_layers:
-                    energy[name] += float(kept[name].double().pow(2).sum())
-                # A copy, not the view: a view would keep the tile's whole feature map, halo included, alive.
-                self.targets.append({name: kept[name].to(content.device, copy=True) for name in self.content_layers})
+        layers = tuple(dict.fromkeys((*self.content_layers, *self.style_layers)))
+        for _, _, kept in self._tile_features(content, layers):
+            for name, f in kept.items():
+                counts[name] = counts.get(name, 0) + f.shape[-2] * f.shape[-1]
+            for name in self.content_layers:
+                energy[name] += float(kept[name].double().pow(2).sum())
+            # A copy, not the view: a view would keep the tile's whole feature map, halo included, alive.
+            self.targets.append({name: kept[name].to(content.device, copy=True) for name in self.content_layers})
         self.positions = counts
         channels = {name: self.targets[0][name].shape[1] for name in self.content_layers}
         # mean of the target's squares over channels and positions, as ContentLoss
         self.content_energy = {name: energy[name] / (channels[name] * counts[name]) + _EPS
                                for name in self.content_layers}
 
-    # --- the objective and its gradient ------------------------------------------
+    def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.extractor(self.render(x))
 
     def _content_sum(self, tile_index: int, tile: Tile, features) -> torch.Tensor:
         """This tile's share of the weighted content term."""
@@ -246,14 +245,20 @@ class TiledObjective:
             target = self.targets[tile_index][name].to(self.device)
             share = (f - target).pow(2).sum() / (f.shape[1] * self.positions[name] * self.content_energy[name])
             total = total + share
-        return total * self.weights["content"]
+        return total * self.content_weight
 
-    def terms_and_gradient(self, image: torch.Tensor, on_tile: Callable[[int, int], None] | None = None
-                           ) -> tuple[TiledTerms, torch.Tensor]:
-        """The weighted terms at `image` [1, C, H, W] and the gradient of their sum, shaped like it.
+    def terms(self, image: torch.Tensor) -> torch.Tensor:
+        """[3, 1] weighted terms at `image` (by a whole terms_and_gradient: a tiled scale keeps no cheaper way)."""
+        return self.terms_and_gradient(image)[0]
 
-        The gradient is in the objective's dtype (float32, or float64) on `image`'s device.
-        `on_tile(done, total)` is called after each of the 2 x len(tiles) tile passes.
+    def terms_and_gradient(self, image: torch.Tensor, on_tile: Callable[[int, int], None] | None = None,
+                           out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """([3, 1] weighted terms at `image` [1, C, H, W], float64 on the host; the gradient of their sum).
+
+        The gradient is shaped like `image`, in the objective's dtype
+        (float32, or float64) on `image`'s device. `on_tile(done, total)` is
+        called after each of the 2 x len(tiles) tile passes. `out` ([3, 1],
+        optional) receives a copy of the terms.
         """
         passes = 2 * len(self.tiles)
         report = on_tile or (lambda done, total: None)
@@ -261,41 +266,37 @@ class TiledObjective:
             raise ValueError(f"image must be {self.shape[-2:]} like the content, got {tuple(image.shape)}")
         image = image.detach()
         # Pass 1: global Grams, no graph kept.
-        grams = {name: 0.0 for name in self.style_layers}
-        with torch.no_grad():
-            for i, tile in enumerate(self.tiles):
-                features = self._run(self._crop(tile, image))
-                report(i + 1, passes)
-                for name in self.style_layers:
-                    grams[name] = grams[name] + _gram_sum(owned(tile, features, name))
+        sums: dict = {}
+        for i, _, kept in self._tile_features(image, self.style_layers):
+            add_grams(kept, sums, {})
+            report(i + 1, passes)
         style = 0.0
         coefficients = {}
-        for name in self.style_layers:
-            g = grams[name] / self.positions[name]
-            diff = g - self.grams[name]
-            c2 = diff.numel()
-            weight = self.weights["style"] * self.layer_weights[name]
-            style += float(diff.pow(2).sum() / (c2 * self.gram_energy[name])) * weight
-            coefficients[name] = (2 * weight / (c2 * self.gram_energy[name])) * diff
+        for name, loss in self.style.items():
+            diff = (sums[name] / self.positions[name] - loss.target[0]) * loss.root[0]
+            style += float(diff.pow(2).sum())
+            coefficients[name] = 2 * loss.root[0] * diff  # d style_l / d G
         # Pass 2: each tile's share of the gradient, added into one image, and of the
         # content term (a sum over positions, so its value needs no first pass).
         gradient = torch.zeros(image.shape, dtype=self.dtype, device=image.device)
         content = 0.0
         for i, tile in enumerate(self.tiles):
-            leaf = self._crop(tile, image).requires_grad_(True)
+            leaf = crop(tile, image, self.device, self.dtype, self.channels_last).requires_grad_(True)
             features = self._run(leaf)
             surrogate = self._content_sum(i, tile, features)
             content += float(surrogate.detach())
             for name in self.style_layers:
-                tile_gram = _gram_sum(owned(tile, features, name)) / self.positions[name]
+                tile_gram = gram_sum(owned(tile, features, name)) / self.positions[name]
                 surrogate = surrogate + (coefficients[name] * tile_gram).sum()
             surrogate.backward()
             top, bottom, left, right = tile.read
             gradient[..., top:bottom, left:right] += leaf.grad.to(image.device, self.dtype)
             report(len(self.tiles) + i + 1, passes)
         # TV is local and cheap: on the whole image, where it lives.
-        whole = image.to(self.dtype).requires_grad_(True)
-        tv = TVLoss()(whole).sum() * self.weights["tv"]
-        tv.backward()
-        gradient += whole.grad
-        return TiledTerms(content, style, float(tv.detach())), gradient
+        tv, tv_gradient = self.tv.value_and_gradient(image.to(self.dtype))
+        gradient += tv_gradient
+        tv = float(tv)
+        terms = torch.tensor([[content], [style], [tv]], dtype=torch.float64)
+        if out is not None:
+            out.copy_(terms)
+        return terms, gradient

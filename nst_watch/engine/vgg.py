@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from .weights import Preprocess
+from .weights import IDENTITY_PREPROCESS, Preprocess
 
 _BLOCKS = (2, 2, 4, 4, 4)  # convolutions per block in VGG19
 
@@ -85,11 +85,45 @@ def build_features(
     return features
 
 
+def fold_preprocessing(features: nn.Sequential, preprocess: Preprocess) -> Preprocess:
+    """Fold the input preprocessing into the first convolution, in place; returns what is left to apply.
+
+    Caffe's VGG19 reads BGR, 0-255, minus the mean pixel; torchvision's
+    reads RGB normalised by mean and std. Both are a per-channel affine map
+    (and a channel order), so conv1_1 can take them into its weights and
+    bias: no iteration spends a flip and a multiply-add of the image and
+    of its gradient. Exact with replicate padding (the default), which
+    commutes with a per-channel affine map: the function is the same and
+    only the order of floating-point sums changes. With zero padding the
+    borders would change, so only the channel order is folded and the
+    affine map stays in the returned preprocessing. The identity
+    (IDENTITY_PREPROCESS) where everything was folded.
+    """
+    first = features[0]
+    with torch.no_grad():
+        if preprocess.bgr:
+            first.weight.copy_(first.weight.flip(1))
+            preprocess = Preprocess(mean=preprocess.mean[::-1], std=preprocess.std[::-1], scale=preprocess.scale,
+                                    bgr=False)
+        if first.padding_mode != "replicate":
+            return preprocess
+        std = torch.tensor(preprocess.std, dtype=torch.float64)
+        gain = (preprocess.scale / std).view(1, 3, 1, 1)
+        offset = (-torch.tensor(preprocess.mean, dtype=torch.float64) / std).view(1, 3, 1, 1)
+        weight = first.weight.double()
+        first.bias.copy_(first.bias.double() + (weight * offset).sum((1, 2, 3)))
+        first.weight.copy_(weight * gain)
+    return IDENTITY_PREPROCESS
+
+
 class FeatureExtractor(nn.Module):
     """Runs VGG19 up to the deepest requested layer and returns named activations.
 
     Holds only the modules up to that layer (the convolutions are shared with
-    the resident network, so building one costs no memory).
+    the resident network, so building one costs no memory). A bfloat16
+    network gets its input preprocessed in the image's precision, then
+    rounded to bfloat16 (where autocast would round it too); its features
+    come out in bfloat16 (losses.wide widens them for the Grams).
     """
 
     def __init__(self, features: nn.Sequential, layers: Iterable[str], preprocess: Preprocess):
@@ -108,10 +142,11 @@ class FeatureExtractor(nn.Module):
                 modules[i] = nn.ReLU(inplace=True)
         self.net = nn.Sequential(*modules)
         self.preprocess = preprocess
+        self.dtype = next(self.net.parameters()).dtype
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """`image` is [N, 3, H, W] RGB in [0, 1]."""
-        x = self.preprocess.apply(image)
+        x = self.preprocess.apply(image).to(self.dtype)
         out: dict[str, torch.Tensor] = {}
         for i, module in enumerate(self.net):
             x = module(x)

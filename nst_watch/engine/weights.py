@@ -93,6 +93,8 @@ class Preprocess:
         """[N,3,H,W] (or [3,H,W]) RGB in [0,1] -> network input. Differentiable."""
         if rgb01.dim() < 3 or rgb01.shape[-3] != 3:
             raise ValueError(f"expected [N,3,H,W] RGB pixels, got shape {tuple(rgb01.shape)}")
+        if self == IDENTITY_PREPROCESS:  # folded into the first convolution (vgg.fold_preprocessing)
+            return rgb01
         x = rgb01.flip(-3) if self.bgr else rgb01
         weight, bias = _affine(self, x.device, x.dtype)
         # One fused kernel: bias + x * weight == (x * scale - mean) / std.
@@ -113,6 +115,7 @@ def _affine(pre: Preprocess, device: torch.device, dtype: torch.dtype) -> tuple[
 TORCHVISION_PREPROCESS = Preprocess(
     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), scale=1.0, bgr=False
 )
+IDENTITY_PREPROCESS = Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), scale=1.0, bgr=False)
 CAFFE_PREPROCESS = Preprocess(
     mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), scale=255.0, bgr=True
 )
