@@ -20,9 +20,28 @@ def steps_done(event) -> float:
 
 
 def eta_seconds(event) -> float | None:
-    """Seconds left at the pace so far (an upper bound: early stopping may end sooner); None before any step."""
+    """Seconds left; None before any step.
+
+    The engine's own estimate (Progress.eta), which follows how the picture
+    settles under early stopping and what each scale's pixels cost; for an
+    event without one, the pace so far times every iteration left (an upper
+    bound: early stopping may end sooner).
+    """
+    eta = getattr(event, "eta", None)
+    if eta is not None:
+        return eta
     done = steps_done(event)
     return event.elapsed / done * (event.steps - done) if done else None
+
+
+def expected_steps(event) -> int:
+    """The iterations the run is expected to take in all (the engine's estimate), or its most where it has none."""
+    return getattr(event, "expected_steps", 0) or event.steps
+
+
+def step_text(step: int, expected: int, steps: int) -> str:
+    """'step 40/~210' while early stopping is expected to end the run before its most (`steps`), else 'step 40/500'."""
+    return f"step {step}/~{expected}" if expected and expected < steps else f"step {step}/{steps}"
 
 
 class ProgressDisplay:
@@ -68,11 +87,12 @@ class ProgressDisplay:
                if event.loss else "")
         )
         if self._bar is not None:
-            self._bar.update(self._task, total=event.steps, completed=steps_done(event), detail=detail)
+            self._bar.update(self._task, total=expected_steps(event), completed=steps_done(event), detail=detail)
             return
         now = time.monotonic()
-        if event.step == event.steps or now - self._last_log >= self.plain_interval or event.step == 1:
+        expected = expected_steps(event)
+        if event.step == expected or now - self._last_log >= self.plain_interval or event.step == 1:
             self._last_log = now
             left = eta_seconds(event)
             eta = "unknown" if left is None else f"{left:.0f}s"
-            log.info("%s: step %d/%d, %s, eta %s", self.label, event.step, event.steps, detail, eta)
+            log.info("%s: %s, %s, eta %s", self.label, step_text(event.step, expected, event.steps), detail, eta)

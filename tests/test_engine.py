@@ -189,7 +189,9 @@ def test_early_stop_ends_a_scale_once_the_picture_settles(random_engine, photo, 
     p = preset(iterations=150, pyramid=None, optimizer=optimizer, early_stop=settle)
     [result] = random_engine.stylize([photo], p, [painting], progress=events.append)
     assert 10 <= result.iterations < 150 and result.iterations % 10 == 0
-    assert events[-1].step == events[-1].steps == 150  # progress still ends complete
+    # Progress ends complete: the run's expected length is what it ran, below its most.
+    assert events[-1].step == events[-1].expected_steps == result.iterations and events[-1].steps == 150
+    assert events[-1].eta == 0
     # It stopped because the picture had settled: ten more iterations move its
     # pixels by about as little as the last window did. A threshold no window
     # can meet runs every iteration.
@@ -254,3 +256,19 @@ def test_bf16_convolutions_reach_about_the_fp32_objective(random_engine, paintin
     assert judged < 0.7 * untouched  # it optimised
     assert judged == pytest.approx(random_engine.objective([a.image], [photo], p, [painting])[0], rel=0.05)
     assert b.loss == pytest.approx(judged, rel=0.05)  # its own (bf16) reading of the loss agrees
+
+
+def test_the_estimate_of_a_run_follows_how_its_picture_settles(random_engine, photo, painting):
+    """Progress.expected_steps and .eta count what early stopping will likely leave, not the cap (issue 21, item 8)."""
+    events: list[Progress] = []
+    p = preset(iterations=300, pyramid=None, early_stop=EarlyStop(every=10, min_change=1.0))
+    [result] = random_engine.stylize([photo], p, [painting], progress=events.append)
+    final = result.iterations
+    assert final <= 200  # the picture settled well before the cap
+    late = [e for e in events if final // 2 <= e.step < final]
+    assert late
+    for e in late:
+        assert abs(e.expected_steps - final) <= 0.35 * final, (e.step, e.expected_steps, final)
+        cap_based = e.elapsed / e.step * (e.steps - e.step)  # what the ETA used to be
+        assert e.eta is not None and e.eta < 0.6 * cap_based
+    assert events[-1].step == events[-1].expected_steps == final and events[-1].eta == 0

@@ -195,3 +195,17 @@ def test_hostile_file_names_cannot_break_status(tmp_path):
             if line.startswith("STATUS="):
                 assert re.fullmatch(r"STATUS=\d+ watches, \d+ pending, \d+ running, \d+ done, \d+ failed"
                                     r"(, \d+ not taken)?", line), line
+
+
+def test_a_running_job_shows_early_stoppings_estimate_in_status_and_status_line():
+    """step 40/~210 and the engine's ETA, in numbers only (STATUS= carries no file name)."""
+    from nst_watch.service.status import status_line, step_progress
+
+    worker = {"jobs": [3], "photos": ["a\nb.jpg"], "step": 40, "steps": 500, "expected_steps": 210, "eta": 35.2,
+              "tile": 0, "tiles": 0}
+    assert step_progress(worker) == "step 40/~210, ETA 35 s"
+    line = status_line({"pending": 1, "leased": 1}, 1, running=[worker])
+    assert line.endswith("; job 3: step 40/~210, ETA 35 s") and "\n" not in line
+    # An event from before the estimate (or a run without early stopping): its most, no tilde.
+    assert step_progress({**worker, "expected_steps": 0, "eta": None}) == "step 40/500"
+    assert step_progress({**worker, "expected_steps": 500, "tiles": 50, "tile": 7}) == "step 40/500, tile 7/50, ETA 35 s"

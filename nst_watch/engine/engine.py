@@ -317,12 +317,12 @@ class Engine:
                 f"for layer {deepest(layers)}, which needs a short edge of at least {need} px; "
                 f"{fit_size(h, w, need)}"
             )
-        clock = Clock(preset.name, len(batch), len(sizes), sum(iterations), start, progress, self.report_every,
+        shapes = [fit_long_edge(*batch.shape[-2:], edge) if edge != preset.size else final_hw for edge in sizes]
+        clock = Clock(preset.name, len(batch), list(zip(shapes, iterations)), start, progress, self.report_every,
                       preset.early_stop)
         timings = {"style_targets": 0.0}
         image = None
-        for scale, (edge, steps) in enumerate(zip(sizes, iterations), start=1):
-            hw = fit_long_edge(*batch.shape[-2:], edge) if edge != preset.size else final_hw
+        for scale, (edge, hw, steps) in enumerate(zip(sizes, shapes, iterations), start=1):
             content = resize(batch, hw)
             t0 = time.perf_counter()
             tile = self._tile_for(hw, preset, steps) if len(batch) == 1 else None

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..jobs import Ledger
 from .intake import Intake
 from .notify import Notifier
-from .status import (cluster_summary, live_dir, printable, prune_live, status_line, tile_progress, workers_of,
+from .status import (cluster_summary, live_dir, printable, prune_live, status_line, step_progress, workers_of,
                      write_live)
 
 log = logging.getLogger("nst_watch.daemon")
@@ -213,8 +213,9 @@ class Daemon:
         self._last_tick, self._refresh_due = now, False
         data = self._write_live()
         watches = data["watches"]
+        running = workers_of(data) + (self.cluster.workers() if self.cluster is not None else [])
         line = status_line(data["counts"], len(self.config.watches) if self.role in ("run", "watch") else 0,
-                           sum(w["skipped_total"] for w in watches), data.get("cluster"))
+                           sum(w["skipped_total"] for w in watches), data.get("cluster"), running)
         if line != self._last_status:
             self._last_status = line
             self.notifier.status(line)
@@ -342,6 +343,5 @@ class Daemon:
         workers = workers_of(data) + (self.cluster.workers() if self.cluster is not None else [])
         for worker in (w for w in workers if w.get("jobs")):
             table.add_row("now", Text(printable(f"{', '.join(worker['photos'])} [{worker['preset']}] "
-                                                f"step {worker['step']}/{worker['steps']}{tile_progress(worker)} "
-                                                f"loss {worker['loss'] or 0:.4g}")))
+                                                f"{step_progress(worker)}, loss {worker['loss'] or 0:.4g}")))
         return table

@@ -28,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..jobs import LEASED, Ledger
+from ..progress import step_text
 
 # The daemon rewrites its file about once a second; a file older than this
 # (unless it promised otherwise, as while loading the model) is a dead one.
@@ -36,7 +37,8 @@ RECENT = 10  # recent jobs listed by `status` and the web view
 
 # A worker's job and progress fields while it holds no job (worker.Activity's
 # defaults): a report whose jobs have all left the ledger's lease shows these.
-IDLE_PROGRESS = {"preset": None, "started": None, "step": 0, "steps": 0, "tile": 0, "tiles": 0, "loss": None,
+IDLE_PROGRESS = {"preset": None, "started": None, "step": 0, "steps": 0, "expected_steps": 0, "tile": 0, "tiles": 0,
+                 "loss": None,
                  "scale": 0, "scales": 0, "iteration": 0, "iterations": 0, "width": 0, "height": 0,
                  "elapsed": None, "eta": None}
 
@@ -200,6 +202,17 @@ def tile_progress(worker: dict) -> str:
     return f", tile {worker.get('tile')}/{worker['tiles']}" if worker.get("tiles") else ""
 
 
+def step_progress(worker: dict) -> str:
+    """A running worker's progress in numbers only: "step 40/~210, tile 7/50, ETA 35 s".
+
+    `~` marks early stopping's estimate of the run's length (the engine's
+    Progress.expected_steps); the ETA is the engine's too, and follows it.
+    """
+    text = step_text(worker.get("step") or 0, worker.get("expected_steps") or 0, worker.get("steps") or 0)
+    eta = worker.get("eta")
+    return text + tile_progress(worker) + (f", ETA {eta:.0f} s" if isinstance(eta, (int, float)) else "")
+
+
 def printable(value) -> str:
     """`value` as one line of inert text for a terminal: control characters escaped.
 
@@ -297,16 +310,20 @@ def _job_view(job) -> dict:
     }
 
 
-def status_line(counts: dict, watches: int, skipped: int = 0, cluster: dict | None = None) -> str:
+def status_line(counts: dict, watches: int, skipped: int = 0, cluster: dict | None = None,
+                running: list[dict] | None = None) -> str:
     """The one-line STATUS= for systemd (numbers and fixed words only: no file name can break the datagram).
 
-    With the Ray backend (`cluster`, a live file's cluster block) it ends
-    with the cluster's GPUs, or with the cluster's state and "jobs wait"
-    while it cannot take work.
+    `running` (workers' activity dicts) adds each running job's progress
+    and ETA. With the Ray backend (`cluster`, a live file's cluster block)
+    it ends with the cluster's GPUs, or with the cluster's state and "jobs
+    wait" while it cannot take work.
     """
     line = (f"{watches} watches, {counts.get('pending', 0)} pending, {counts.get('leased', 0)} running, "
             f"{counts.get('done', 0)} done, {counts.get('failed', 0) + counts.get('dead', 0)} failed")
     line += f", {skipped} not taken" if skipped else ""
+    for worker in (w for w in running or [] if w.get("jobs") and w.get("steps")):
+        line += f"; job {', '.join(str(int(j)) for j in worker['jobs'])}: {step_progress(worker)}"
     if cluster:
         state = str(cluster.get("state"))
         if state == "connected":
@@ -374,8 +391,7 @@ def render(snap: dict):
             for worker in busy:
                 where = f" on {worker.get('device')}" if p.get("role") == "ray" else ""
                 detail += (f"{'; ' if detail else ''}job {', '.join(map(str, worker['jobs']))}{where} "
-                           f"{worker.get('preset')} step {worker.get('step')}/{worker.get('steps')}"
-                           f"{tile_progress(worker)}: {', '.join(worker.get('photos') or [])}")
+                           f"{worker.get('preset')} {step_progress(worker)}: {', '.join(worker.get('photos') or [])}")
             if not busy and workers:
                 detail += " idle" if detail else "idle"
             procs.add_row(*(Text(printable(v)) for v in (p.get("role"), p.get("pid"), p.get("state", "running"),

@@ -76,8 +76,8 @@ def describe(exc: BaseException) -> str:
 
 
 # Copied from each engine Progress event into the Activity, under the same names.
-_PROGRESS_FIELDS = ("step", "steps", "tile", "tiles", "loss", "scale", "scales", "iteration", "iterations",
-                    "width", "height", "elapsed")
+_PROGRESS_FIELDS = ("step", "steps", "expected_steps", "tile", "tiles", "loss", "scale", "scales", "iteration",
+                    "iterations", "width", "height", "elapsed")
 
 
 @dataclass
@@ -93,8 +93,9 @@ class Activity:
     jobs: list[int] = field(default_factory=list)
     preset: str | None = None
     photos: list[str] = field(default_factory=list)
-    step: int = 0  # across all scales, of `steps`
-    steps: int = 0
+    step: int = 0  # iterations run, across all scales, of `expected_steps` (early stopping's estimate) or `steps`
+    steps: int = 0  # at most
+    expected_steps: int = 0
     tile: int = 0  # tile passes done in the running iteration of a tiled scale, of `tiles`
     tiles: int = 0
     loss: float | None = None
@@ -105,7 +106,7 @@ class Activity:
     width: int = 0
     height: int = 0
     elapsed: float | None = None  # seconds since the batch began
-    eta: float | None = None  # seconds left at the pace so far; None until the first step
+    eta: float | None = None  # seconds left (the engine's estimate, early stopping included); None until known
     started: float | None = None
     done: int = 0
     failed: int = 0
@@ -307,7 +308,7 @@ class Worker:
     def _progress(self, event) -> None:
         self.heartbeat_at = time.monotonic()
         for name in _PROGRESS_FIELDS:
-            setattr(self.activity, name, getattr(event, name))
+            setattr(self.activity, name, getattr(event, name, 0))
         self.activity.eta = eta_seconds(event)
         if event.step >= 2:
             _fault("optimising")
