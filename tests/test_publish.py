@@ -118,6 +118,45 @@ def test_a_real_move_to_another_file_system_copies_then_removes(tmp_path):
         shutil.rmtree(elsewhere, ignore_errors=True)
 
 
+def test_without_hard_links_a_move_still_never_replaces_a_photo(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")  # EPERM: FAT, some SMB/FUSE mounts
+
+    studio = Studio(tmp_path, presets=("a",))
+    config = load_config(studio.config)
+    studio.processed.mkdir()
+    (studio.processed / "IMG_2.jpg").write_bytes(b"an earlier photo of the same name")
+    original = photo(studio.inbox / "IMG_2.jpg", seed=6)
+    digest = sha(original)
+    monkeypatch.setattr(os, "link", no_links)
+    with studio.ledger() as ledger:
+        finished_job(ledger, config, original, ok=True)
+        new = finish_original(ledger, config.watches[0], digest, original)
+        assert ledger.moves() == []
+    assert new == studio.processed / "IMG_2 (1).jpg" and sha(new) == digest and not original.exists()
+    assert (studio.processed / "IMG_2.jpg").read_bytes() == b"an earlier photo of the same name"
+    assert entries(studio.processed) == ["IMG_2 (1).jpg", "IMG_2.jpg"]
+
+
+def test_a_ledger_from_before_moves_were_recorded_is_upgraded_in_place(tmp_path):
+    import sqlite3
+
+    from nst_watch.jobs import MIGRATIONS, Ledger
+
+    db = tmp_path / "jobs.db"
+    old = sqlite3.connect(db, isolation_level=None)
+    MIGRATIONS[0](old)  # the schema as nst-watch shipped it before the `moves` table
+    old.execute("PRAGMA user_version = 1")
+    old.execute("INSERT INTO jobs (sha256, preset, preset_hash, source_path, max_attempts, available_at, created_at,"
+                " updated_at) VALUES ('s', 'a', 'h', '/in/x.jpg', 3, 0, 0, 0)")
+    old.close()
+    with Ledger(db) as ledger:
+        assert [j.source_path for j in ledger.recent()] == ["/in/x.jpg"] and ledger.moves() == []
+        taken, resumed = ledger.take_move(sha256="s", watch="w", source_path="/in/x.jpg", dest_path="/done/x.jpg",
+                                          owner="me", gone=lambda owner: True)
+        assert not resumed and ledger.moves()[0].dest_path == "/done/x.jpg"
+
+
 def test_the_error_reports_retry_line_names_the_config_and_works(tmp_path):
     studio = Studio(tmp_path / "my studio", presets=("a",))  # a space: the line must be quoted
     config = load_config(studio.config)
