@@ -419,7 +419,8 @@ def _ledger(config: Config):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--recent", default=RECENT, show_default=True, help="How many recent jobs to list.")
 def status(config_path: Path, as_json: bool, recent: int) -> None:
-    """Whether a daemon runs, job counts, processes and their jobs, entries not taken, recent jobs, failures.
+    """Whether a daemon runs, job counts, processes and their jobs, entries not taken, originals not moved,
+    recent jobs, failures.
 
     --json prints one object; "running" is false when no daemon or worker is
     alive. File names are escaped, never printed raw.

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, SecretStr, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, PrivateAttr, SecretStr,
+                      ValidationError, field_validator, model_validator)
 
 from .errors import ConfigError
 
@@ -354,6 +354,12 @@ class Config(_Strict):
     presets: dict[str, Preset] = Field(default_factory=dict)
     watches: list[Watch] = Field(default_factory=list)
     max_pixels: int = Field(100_000_000, ge=1, description="largest photo accepted, in pixels")
+    _path: Path | None = PrivateAttr(None)  # the file it was read from (load_config); kept by model_copy
+
+    @property
+    def path(self) -> Path | None:
+        """The absolute path of the config file this was read from; None for a config built in code."""
+        return self._path
 
     @model_validator(mode="before")
     @classmethod
@@ -428,6 +434,7 @@ def load_config(path: str | Path) -> Config:
     else:
         config = resolve_paths(config, path.parent, source=str(path), text=text, problems=problems)
     _raise_if(problems, str(path))
+    config._path = path.resolve()  # where the error reports' `nst-watch retry -c` points
     return config
 
 

@@ -32,6 +32,11 @@ Delivery is at-least-once: a worker that crashes mid-job loses its lease, the
 job is claimed again later, so producing an output must be harmless to repeat
 (the photo layer writes a temp file and links it into place).
 
+A second table, `moves`, holds the originals on their way to processed/ or
+failed/: the move and its record are one recoverable step
+(nst_watch.service.publish writes the row before the first byte moves and
+removes it once the inbox copy is gone).
+
 Only the standard library; no torch import.
 """
 
@@ -111,6 +116,29 @@ class Event:
 
 
 @dataclass
+class Move:
+    """One row of the `moves` table: an original on its way to another folder.
+
+    `dest_path` is the name being given (the last one planned) until
+    `placed`; then the photo is whole there and its jobs point at it, and
+    only the copy at `source_path` is left to remove. `owner` is the process
+    (and thread) moving it; None while the move waits for another try, with
+    `error` saying why the last one failed.
+    """
+
+    id: int
+    sha256: str
+    watch: str
+    source_path: str
+    dest_path: str
+    placed: bool
+    owner: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass
 class AddResult:
     """What `Ledger.add` did: `created` is False when the job already existed (in any state)."""
 
@@ -119,6 +147,7 @@ class AddResult:
 
 
 _JOB_COLUMNS = ", ".join(field.name for field in dataclasses.fields(Job))
+_MOVE_COLUMNS = ", ".join(field.name for field in dataclasses.fields(Move))
 _PATH_COLUMNS = ("source_path", "output_dir", "output_path")
 
 
@@ -206,7 +235,26 @@ def _schema_v1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1]
+def _schema_v2(conn: sqlite3.Connection) -> None:
+    """Originals on the move, so a crash between moving one and recording it is recoverable."""
+    conn.execute(
+        """
+        CREATE TABLE moves (
+            id          INTEGER PRIMARY KEY,
+            sha256      TEXT NOT NULL,
+            watch       TEXT NOT NULL,
+            source_path TEXT NOT NULL UNIQUE,
+            dest_path   TEXT NOT NULL,
+            placed      INTEGER NOT NULL DEFAULT 0,
+            owner       TEXT,
+            error       TEXT,
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL
+        )"""
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1, _schema_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -696,6 +744,89 @@ class Ledger:
         with self._write() as conn:
             conn.execute("UPDATE jobs SET source_path = ?, updated_at = ? WHERE id = ?",
                          (_path_in(source_path), self._clock(), int(job_id)))
+
+    # --- originals on the move ----------------------------------------------------------
+    # The steps of nst_watch.service.publish.move_original, each one short
+    # transaction; a process killed between any two leaves a row that says
+    # how far it got.
+
+    def take_move(self, *, sha256: str, watch: str, source_path: str | os.PathLike, dest_path: str | os.PathLike,
+                  owner: str, gone: Callable[[str], bool]) -> tuple[Move, bool] | None:
+        """Write down that `owner` moves the photo at `source_path` to `dest_path`: (the row, resumed), or None.
+
+        An earlier move of the same file that waits for another try, or whose
+        owner is gone (`gone(owner)` is True: the process was killed), is
+        taken over and returned as that move left it (`placed`, `dest_path`)
+        with resumed=True, for the new owner to finish or clear. None while
+        another owner that is still there holds it.
+        """
+        with self._write() as conn:
+            now = self._clock()
+            source = _path_in(source_path)
+            rows = self._moves(conn, "source_path = ?", (source,))
+            if not rows:
+                conn.execute(
+                    """INSERT INTO moves (sha256, watch, source_path, dest_path, owner, created_at, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                    (sha256, watch, source, _path_in(dest_path), owner, now, now),
+                )
+                return self._moves(conn, "source_path = ?", (source,))[0], False
+            move = rows[0]
+            if move.owner is not None and move.owner != owner and not gone(move.owner):
+                return None
+            conn.execute("UPDATE moves SET owner = ?, sha256 = ?, watch = ?, updated_at = ? WHERE id = ?",
+                         (owner, sha256, watch, now, move.id))
+            return dataclasses.replace(move, owner=owner, sha256=sha256, watch=watch, updated_at=now), True
+
+    def plan_move(self, move_id: int, dest_path: str | os.PathLike) -> None:
+        """Record the name a move is about to give, before it exists (as plan_output does for outputs)."""
+        with self._write() as conn:
+            conn.execute("UPDATE moves SET dest_path = ?, placed = 0, updated_at = ? WHERE id = ?",
+                         (_path_in(dest_path), self._clock(), int(move_id)))
+
+    def placed_move(self, move_id: int, dest_path: str | os.PathLike) -> None:
+        """The photo is whole at `dest_path`: its jobs (same content, same watch) point there from now on.
+
+        One transaction, so `status`, the web view and `retry` never see a
+        path where the photo is not: before it the photo is still at the
+        source, after it at `dest_path` (the source copy is removed next).
+        """
+        with self._write() as conn:
+            now = self._clock()
+            row = conn.execute("SELECT sha256, watch FROM moves WHERE id = ?", (int(move_id),)).fetchone()
+            if row is None:
+                raise LedgerError(f"{self.path}: move {move_id} is not in the ledger")
+            dest = _path_in(dest_path)
+            conn.execute("UPDATE jobs SET source_path = ?, updated_at = ? WHERE sha256 = ? AND watch = ?",
+                         (dest, now, row[0], row[1]))
+            conn.execute("UPDATE moves SET dest_path = ?, placed = 1, updated_at = ? WHERE id = ?",
+                         (dest, now, int(move_id)))
+
+    def wait_move(self, move_id: int, error: str) -> None:
+        """The move failed (a full disk...): it waits, owner-less, for another try, with `error` as its reason."""
+        with self._write() as conn:
+            conn.execute("UPDATE moves SET owner = NULL, error = ?, updated_at = ? WHERE id = ?",
+                         (_text_in(error), self._clock(), int(move_id)))
+
+    def end_move(self, move_id: int) -> None:
+        """The move is over (or no longer wanted): forget it."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM moves WHERE id = ?", (int(move_id),))
+
+    def moves(self) -> list[Move]:
+        """Every original on the move or waiting to move, oldest first."""
+        return self._moves(self._conn(), "1", ())
+
+    @staticmethod
+    def _moves(conn: sqlite3.Connection, where: str, params: Iterable) -> list[Move]:
+        rows = conn.execute(f"SELECT {_MOVE_COLUMNS} FROM moves WHERE {where} ORDER BY id", tuple(params))
+        moves = []
+        for row in rows:
+            data = dict(row)
+            data["source_path"], data["dest_path"] = _path_out(data["source_path"]), _path_out(data["dest_path"])
+            data["placed"] = bool(data["placed"])
+            moves.append(Move(**data))
+        return moves
 
     # --- reading ----------------------------------------------------------------------
     # Single SELECTs outside an explicit transaction: each sees one consistent

@@ -1,4 +1,4 @@
-"""Atomic, no-clobber file writes.
+"""Atomic, no-clobber file writes: the file-level half of nst-watch's one publish path.
 
 Bytes go to a temp file in the target folder (same file system, so the final
 step is a rename or link, never a copy), are fsynced, then put in place:
@@ -10,6 +10,16 @@ step is a rename or link, never a copy), are fsynced, then put in place:
   guarantee from reserving the name with O_CREAT|O_EXCL and renaming onto it.
 * ``overwrite``: ``os.replace``.
 
+The folder is fsynced once the name is given, and the temp file is removed
+on success and on any error (a full disk, an I/O error, an encoder that
+raises), so nothing partial ever carries a final name. :func:`place` is the
+last step on its own, for a complete file already on the destination's file
+system (a worker's staged result, an original moving to processed/);
+:func:`copy_into` writes another file's bytes and dates into the temp file,
+for a move across file systems. `plan` callbacks let a caller record the
+name in its ledger before the name exists (nst_watch.service.publish builds
+the daemon's crash-safe protocol on these).
+
 The temp name ``.nst-tmp-<random>`` is a dotfile without a photo extension,
 so neither nst-watch nor a photo tool mistakes it for a photo.
 """
@@ -19,6 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -32,8 +43,10 @@ from .naming import numbered_name
 
 TEMP_PREFIX = ".nst-tmp-"
 COLLISIONS = ("suffix", "skip", "overwrite")
-_NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
+# EXDEV is not among them: a link across file systems is a move that needs a copy (copy_into).
+_NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
 _MAX_SUFFIX = 100_000
+COPY_CHUNK = 1 << 20  # bytes per read while copying a photo across file systems
 # An encoder that fails on good pixels is our bug, not the user's: say so, and
 # give a way around it that exists (the preset's `output.format`, the watch's
 # `format`, or the output name's extension on the command line).
@@ -42,7 +55,7 @@ ENCODE_FIX = ("the photo itself is fine; write another format (format: png or ti
 
 
 def write_atomic(dest: Path, write: Callable[[BinaryIO], None], collision: str = "suffix",
-                 temp: str | None = None) -> Path | None:
+                 temp: str | None = None, plan: Callable[[Path], object] | None = None) -> Path | None:
     """Write `dest` through `write(fileobj)`; return the path used, None if skipped.
 
     On any failure neither the temp file nor anything under the final name is
@@ -51,7 +64,7 @@ def write_atomic(dest: Path, write: Callable[[BinaryIO], None], collision: str =
     `temp` names the temp file (``TEMP_PREFIX`` + `temp`; default random): a
     caller that can be killed mid-write and retried, like the daemon's
     worker, passes a name it will know again, so its next attempt removes
-    what the killed one left.
+    what the killed one left. `plan` is passed on to :func:`place`.
     """
     if collision not in COLLISIONS:
         raise ValueError(f"collision must be one of {COLLISIONS}, not {collision!r}")
@@ -71,39 +84,66 @@ def write_atomic(dest: Path, write: Callable[[BinaryIO], None], collision: str =
             f.flush()
             os.fsync(f.fileno())
         fault("writing")  # crash tests: the temp file is whole, the final name not yet given
-        final = _place(tmp, dest, collision)
-        if final is not None:
-            fsync_dir(folder)
-        return final
+        return place(tmp, dest, collision, plan=plan)
     except OSError as exc:
         raise write_error(dest, exc) from exc
     finally:
         _unlink_quietly(tmp)
 
 
-def _place(tmp: Path, dest: Path, collision: str) -> Path | None:
+def place(stage: Path, dest: Path, collision: str = "suffix", *,
+          plan: Callable[[Path], object] | None = None) -> Path | None:
+    """Give the complete, fsynced file `stage` the name `dest` (or a free variant); None if skipped.
+
+    `stage` must be on `dest`'s file system (OSError EXDEV otherwise).
+    ``suffix`` tries `dest`, ``dest (1)``... and takes the first that is
+    free at the moment of the link; ``skip`` returns None if `dest` is
+    taken; ``overwrite`` replaces it. `plan(name)` is called before each
+    name is given, so a ledger can know the name before it exists. Where
+    hard links work `stage` keeps its name too (for os.path.samefile after a
+    crash; the caller removes it); elsewhere it is renamed onto the name.
+    The folder is fsynced once the name is given. OSError on failure.
+    """
+    stage, dest = Path(stage), Path(dest)
     if collision == "overwrite":
-        os.replace(tmp, dest)
+        if plan is not None:
+            plan(dest)
+        os.replace(stage, dest)
+        fsync_dir(dest.parent)
         return dest
     for candidate in _candidates(dest):
-        try:
-            _link_no_clobber(tmp, candidate)
-            return candidate
-        except FileExistsError:
+        if os.path.lexists(candidate):  # taken: no need to plan it
             if collision == "skip":
                 return None
+            continue
+        if plan is not None:
+            plan(candidate)
+        try:
+            _link_no_clobber(stage, candidate)
+        except FileExistsError:  # another writer took it between our look and our link
+            if collision == "skip":
+                return None
+            continue
+        fsync_dir(candidate.parent)
+        return candidate
     raise OSError(errno.EEXIST, f"no free name after {_MAX_SUFFIX} tries", str(dest))
 
 
-def publish(staged: Path, final: Path) -> None:
-    """Give the complete file `staged` a second name `final`, never replacing a file.
+def copy_into(src: Path) -> Callable[[BinaryIO], None]:
+    """A `write` for write_atomic that copies `src`: its bytes, then its dates and mode (as shutil.copy2).
 
-    Raises FileExistsError if `final` is taken. `staged` keeps its name (where
-    hard links work), so a worker that crashes right after this call can
-    still recognise `final` as its own output with os.path.samefile.
+    For moving a photo across file systems: the copy is whole and fsynced
+    before it gets a name, and the original is removed only after that.
     """
-    _link_no_clobber(Path(staged), Path(final))
-    fsync_dir(Path(final).parent)
+    def write(f: BinaryIO) -> None:
+        with open(src, "rb") as original:
+            while chunk := original.read(COPY_CHUNK):
+                f.write(chunk)
+                fault("copying")  # crash and full-disk tests: part of the photo is in the temp file
+        f.flush()  # before copystat: a later write would move the dates again
+        shutil.copystat(src, f.name)
+
+    return write
 
 
 def _candidates(dest: Path) -> Iterator[Path]:
@@ -155,7 +195,7 @@ def write_error(dest: Path, exc: OSError) -> PhotoError:
     code = exc.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
         return PhotoError(dest, f"no space left on the device holding {folder}",
-                          f"free space on {folder} (or its quota), then retry", permanent=False)
+                          f"free space on {folder} (or its quota)", permanent=False)
     if code in (errno.EACCES, errno.EPERM):
         return PhotoError(dest, f"permission denied writing in {folder}",
                           f"let the user running nst-watch write to {folder}", permanent=False)

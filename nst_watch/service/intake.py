@@ -32,7 +32,7 @@ from ..jobs import DEAD, DONE, FAILED, Ledger
 from ..photo import clean_temp_files
 from ..watch import DEFAULT_IGNORE, EMPTY, SYMLINK, FolderWatcher, PathFilter, SettleTracker, scan
 from .identity import preset_hash, size_bucket
-from .originals import finish_original
+from .originals import finish_original, recover_originals, retry_moves
 
 log = logging.getLogger("nst_watch.intake")
 
@@ -162,6 +162,8 @@ class Intake:
 
     def start(self) -> None:
         """Prepare folders, start every watch, and enqueue the photos already waiting."""
+        # First the moves a killed process left: the scan must meet each photo where the ledger says it is.
+        recover_originals(self.ledger, self.config)
         for watch in self.config.watches:
             self._start_watch(watch)
 
@@ -187,9 +189,12 @@ class Intake:
             # Users see where to drop: one folder per preset.
             for name in self.config.presets:
                 (watch.input / name).mkdir(exist_ok=True)
-        removed = clean_temp_files(watch.output, older_than=self.config.service.lease_seconds)
-        if removed:
-            log.info("removed %d temp file(s) left by an interrupted write in %s", len(removed), watch.output)
+        for folder in (watch.output, watch.processed_dir, watch.failed):
+            if folder is None or not folder.is_dir():
+                continue
+            removed = clean_temp_files(folder, older_than=self.config.service.lease_seconds)
+            if removed:
+                log.info("removed %d temp file(s) left by an interrupted write in %s", len(removed), folder)
 
     def reconfigure(self, config: Config) -> None:
         """Apply a reloaded config: stop removed or changed watches, start new ones."""
@@ -217,6 +222,10 @@ class Intake:
         reconcile = self.clock() - self._last_reconcile >= self.config.service.reconcile_seconds
         if reconcile:
             self._last_reconcile = self.clock()
+            try:  # originals that could not move (a full disk): once there is room, they go
+                retry_moves(self.ledger, self.config)
+            except Exception:
+                log.exception("could not try the waiting moves of originals again; continuing")
         for state in list(self.states.values()):
             try:
                 if state.watcher.check() or reconcile or state.rescan:
@@ -496,4 +505,4 @@ class Intake:
             else:
                 log.info("%s: already queued for preset %s (job %d)", path, name, job.id)
         if presets and not created_any:
-            finish_original(self.ledger, watch, sha, path)
+            finish_original(self.ledger, watch, sha, path, config_path=self.config.path)

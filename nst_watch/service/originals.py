@@ -1,8 +1,15 @@
 """What happens to a photo once all its presets are finished.
 
 Originals are never deleted or overwritten: they stay (`processed: keep`), or
-move with a no-clobber rename to `processed/` when every preset is done, or to
-`failed/` with a `<name>.error.txt` when any preset failed for good.
+move to `processed/` when every preset is done, or to `failed/` with a
+`<name>.error.txt` when any preset failed for good. Every move goes through
+nst_watch.service.publish.move_original: no clobbering, the photo leaves its
+folder only once its copy is whole and durable where it went (across file
+systems too), and the move and its record in the ledger are one recoverable
+step. A move that cannot happen now (the disk holding processed/ is full)
+leaves the photo where it is and nothing in the target folder; it waits in
+the ledger and is tried again at every reconcile scan and every start
+(retry_moves).
 
 Any name the file system allows is handled: names that fill the 255-byte
 limit get shortened collision and report names (extension kept, see
@@ -12,75 +19,51 @@ hold control characters in escaped form, so it is always valid UTF-8 text.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
+import shlex
 from datetime import datetime
 from pathlib import Path
 
-from ..config import Watch
+from ..config import Config, Watch
 from ..errors import PhotoError
-from ..jobs import DONE, LEASED, PENDING, Job, Ledger
-from ..photo.atomic import write_atomic
-from ..photo.naming import derived_name, escape_name, numbered_name
+from ..jobs import DONE, LEASED, PENDING, Job, Ledger, Move
+from ..photo.naming import derived_name, escape_name
+from .publish import move_original, recover_moves, waiting_moves, write_file
 
 log = logging.getLogger("nst_watch.originals")
 
 
-def move_no_clobber(src: Path, folder: Path, name: str) -> Path:
-    """Move `src` into `folder` as `name` (or `name (n)`), never replacing a file.
+def finish_original(ledger: Ledger, watch: Watch, sha256: str, path: Path, *,
+                    config_path: Path | None = None) -> Path | None:
+    """Move `path` if every job of its content in this watch is finished; return the new path.
 
-    `name` is a single file name (any bytes the file system allows, as from
-    os.fsdecode); numbered variants stay within 255 bytes. OSError if the
-    move fails; `src` is then untouched.
+    None when it stays: kept, not finished yet, or it cannot move now (the
+    reason is logged, and the move is tried again by retry_moves).
+    `config_path` is the daemon's config file, for the error report's
+    `nst-watch retry -c` line.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in range(0, 100_000):
-        dest = folder / (name if n == 0 else numbered_name(name, n))
-        try:
-            os.link(src, dest)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            if exc.errno != errno.EXDEV and exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-            if dest.exists():
-                continue
-            os.rename(src, dest) if exc.errno != errno.EXDEV else _copy_then_remove(src, dest)
-            return dest
-        os.unlink(src)
-        return dest
-    raise OSError(errno.EEXIST, "no free name", str(folder / name))
+    target = _target(ledger, watch, sha256, path)
+    if target is None:
+        return None
+    return _move(ledger, watch, sha256, path, *target, config_path=config_path)
 
 
-def _copy_then_remove(src: Path, dest: Path) -> None:
-    import shutil
-
-    shutil.copy2(src, dest)
-    os.unlink(src)
-
-
-def finish_original(ledger: Ledger, watch: Watch, sha256: str, path: Path) -> Path | None:
-    """Move `path` if every job of its content in this watch is finished; return the new path."""
+def _target(ledger: Ledger, watch: Watch, sha256: str, path: Path) -> tuple[Path, str] | None:
+    """(folder, name) where the photo at `path` goes now, or None if it stays."""
     jobs = [j for j in ledger.jobs_for(sha256) if j.watch == watch.name]
     if not jobs or any(j.state in (PENDING, LEASED) for j in jobs):
         return None
     if not path.exists():
         return None
     if all(j.state == DONE for j in jobs):
-        target = watch.processed_dir
-        if target is None:
-            if watch.failed is not None and path.is_relative_to(watch.failed):
-                # A retried photo succeeded: back to the inbox it came from.
-                return _move(ledger, jobs, path, watch.input, path.name, error_txt=True)
-            return None
-        return _move(ledger, jobs, path, target, _relative_name(watch, path), error_txt=True)
+        if watch.processed_dir is not None:
+            return watch.processed_dir, _relative_name(watch, path)
+        if watch.failed is not None and path.is_relative_to(watch.failed):
+            return watch.input, path.name  # a retried photo succeeded: back to the inbox it came from
+        return None
     if watch.failed is None or path.is_relative_to(watch.failed):
         return None
-    new = _move(ledger, jobs, path, watch.failed, _relative_name(watch, path))
-    if new is not None:
-        _write_error_report(new, path, jobs)
-    return new
+    return watch.failed, _relative_name(watch, path)
 
 
 def _relative_name(watch: Watch, path: Path) -> str:
@@ -92,19 +75,68 @@ def _relative_name(watch: Watch, path: Path) -> str:
     return str(rel)
 
 
-def _move(ledger: Ledger, jobs: list[Job], path: Path, folder: Path, name: str, *, error_txt=False) -> Path | None:
+def _move(ledger: Ledger, watch: Watch, sha256: str, path: Path, folder: Path, name: str, *,
+          config_path: Path | None, said: str | None = None) -> Path | None:
+    """Move the photo; a failure is logged (at info level when it says again what `said` said)."""
     sub = Path(name)
+    def placed(old: Path, new: Path) -> None:
+        _placed(ledger, watch, sha256, old, new, config_path)
+
     try:
-        new = move_no_clobber(path, folder / sub.parent, sub.name)
-    except OSError as exc:
-        log.error("%s: could not move to %s: %s (the photo stays where it is)", path, folder, exc)
+        new = move_original(ledger, sha256=sha256, watch=watch.name, source=path, folder=folder / sub.parent,
+                            name=sub.name, on_placed=placed)
+    except PhotoError as exc:
+        level = logging.INFO if str(exc) == said else logging.ERROR
+        fix = f" ({exc.fix})" if exc.fix else ""
+        log.log(level, "%s: could not move it into %s: %s%s. The photo stays where it is, whole; the move is "
+                "tried again at every reconcile scan and at the next start", path, folder, exc.reason, fix)
         return None
-    if error_txt:
-        _remove_quietly(path.with_name(report_name(path.name)))
-    for job in jobs:
-        ledger.relocate(job.id, new)
-    log.info("%s -> %s", path, new)
+    if new is not None:
+        log.info("%s -> %s", path, new)
     return new
+
+
+def _placed(ledger: Ledger, watch: Watch, sha256: str, old: Path, new: Path, config_path: Path | None) -> None:
+    """The photo is whole and recorded at `new`: write its error report, or drop the one it leaves behind."""
+    failed = watch.failed
+    if failed is None:
+        return
+    if new.is_relative_to(failed) and not old.is_relative_to(failed):
+        jobs = [j for j in ledger.jobs_for(sha256) if j.watch == watch.name]
+        if any(j.state != DONE for j in jobs):
+            _write_error_report(new, old, jobs, config_path)
+    elif old.is_relative_to(failed):
+        _remove_quietly(old.with_name(report_name(old.name)))  # a retried photo succeeded: its report goes
+
+
+def recover_originals(ledger: Ledger, config: Config) -> None:
+    """At a start: finish or clear the moves a killed process left, then try again the moves that wait."""
+    def placed(move: Move, new: Path) -> None:
+        watch = config.watch(move.watch)
+        if watch is not None:
+            _placed(ledger, watch, move.sha256, Path(move.source_path), new, config.path)
+
+    recover_moves(ledger, placed)
+    retry_moves(ledger, config)
+
+
+def retry_moves(ledger: Ledger, config: Config) -> int:
+    """Try again every move that waits (a full disk, an interrupted move); how many moved now.
+
+    A move no longer wanted (the photo gone, its jobs retried, its watch
+    removed or set to keep) is forgotten.
+    """
+    moved = 0
+    for move in waiting_moves(ledger):
+        watch = config.watch(move.watch)
+        path = Path(move.source_path)
+        target = None if watch is None else _target(ledger, watch, move.sha256, path)
+        if target is None:
+            ledger.end_move(move.id)
+            continue
+        if _move(ledger, watch, move.sha256, path, *target, config_path=config.path, said=move.error):
+            moved += 1
+    return moved
 
 
 def report_name(photo_name: str) -> str:
@@ -119,8 +151,11 @@ def _remove_quietly(path: Path) -> None:
         pass
 
 
-def _write_error_report(new: Path, old: Path, jobs: list[Job]) -> None:
-    """`<name>.error.txt` beside the moved photo; a failure is logged (the photo is already safe)."""
+def _write_error_report(new: Path, old: Path, jobs: list[Job], config_path: Path | None = None) -> None:
+    """`<name>.error.txt` beside the moved photo; a failure is logged (the photo is already safe).
+
+    The retry line names `config_path` (shell-quoted) when it is known, else the placeholder CONFIG.
+    """
     # Names and errors are quoted escaped: a newline in a name would forge a
     # line, and bytes that are not UTF-8 would make the file unreadable as text.
     q = escape_name
@@ -140,6 +175,7 @@ def _write_error_report(new: Path, old: Path, jobs: list[Job]) -> None:
             lines.append(f"preset {q(job.preset)}: {job.state} after {job.attempts} attempt(s) (job {job.id})")
             lines.append(f"    {q(str(job.error))}")
     ids = " ".join(str(j.id) for j in jobs if j.state != DONE)
+    config = shlex.quote(q(str(config_path))) if config_path is not None else "CONFIG"
     # Not every reason says what to do (an encoder bug has nothing to fix in
     # the photo), so the advice does not presume that one exists above.
     lines += [
@@ -147,11 +183,11 @@ def _write_error_report(new: Path, old: Path, jobs: list[Job]) -> None:
         "To retry once the reason above is dealt with (where it gives advice in brackets, follow it),",
         f"either move this photo back into the watched folder {q(str(old.parent))} (it is queued again),",
         "or run:",
-        f"    nst-watch retry -c CONFIG {ids}",
+        f"    nst-watch retry -c {config} {ids}",
     ]
     text = "\n".join(lines) + "\n"
     report = new.with_name(report_name(new.name))
-    try:  # temp file + fsync + rename: never a half-written report under the final name
-        write_atomic(report, lambda f: f.write(text.encode("utf-8")), "overwrite")
+    try:  # staged, fsynced, renamed: never a half-written report under its name; a stale one is replaced
+        write_file(report, lambda f: f.write(text.encode("utf-8")), "overwrite")
     except PhotoError as exc:
         log.error("%s: could not write the error report: %s", new, exc)

@@ -254,6 +254,9 @@ def snapshot(state_dir: Path, ledger: Ledger, *, recent: int = RECENT, failures:
         "processes": processes,
         "skipped": skipped,
         "skipped_total": sum(int(w.get("skipped_total") or 0) for w in watches),
+        # Originals whose move failed (a full disk...): where they are, where they go, why; tried again by the intake.
+        "unmoved": [{"path": m.source_path, "to": str(Path(m.dest_path).parent), "reason": m.error,
+                     "since": m.updated_at} for m in ledger.moves() if m.owner is None],
         "recent": [_job_view(j) for j in ledger.recent(recent)],
         "failures": [_job_view(j) for j in ledger.failures(failures)],
     })
@@ -357,7 +360,8 @@ def cluster_summary(cluster: dict) -> str:
 
 
 def render(snap: dict):
-    """A rich renderable of a snapshot: daemon, counts, processes, entries not taken, recent jobs, failures.
+    """A rich renderable of a snapshot: daemon, counts, processes, entries not taken, originals not moved,
+    recent jobs, failures.
 
     Every cell is a `Text` of `printable(...)`: neither rich markup nor
     control characters in a file name reach the terminal.
@@ -402,6 +406,9 @@ def render(snap: dict):
         more = int(snap.get("skipped_total") or 0) - len(rows)
         parts.append(_table("not taken", ("watch", "entry", "reason"), rows,
                             caption=f"and {more} more (see the log)" if more > 0 else None))
+    if snap.get("unmoved"):
+        parts.append(_table("originals not moved (tried again at each reconcile scan)", ("photo", "to", "reason"),
+                            [(e.get("path"), e.get("to"), e.get("reason")) for e in snap["unmoved"]]))
     job_columns = ("id", "state", "preset", "photo")
     if snap["recent"]:
         parts.append(_table("recent", job_columns + ("output",),

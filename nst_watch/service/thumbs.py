@@ -2,8 +2,9 @@
 
 `state_dir/thumbs/<job id>-before.jpg` (the decoded photo: upright sRGB) and
 `<job id>-after.jpg` (the result): JPEGs of at most EDGE px on the long side,
-written by the worker when a job completes, each atomically (a temp name,
-then os.replace: the web view never serves half a file). Only the newest
+written by the worker when a job completes, each through the publish path
+(nst_watch.service.publish: staged, fsynced, then renamed over an older one
+of the same job: the web view never serves half a file). Only the newest
 KEEP jobs' thumbnails are kept. The file name is built from the job's number
 and a fixed word only, so no text from a web request reaches the filesystem.
 
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .publish import write_file
 
 EDGE = 256  # long edge: sharp on a high-density screen at the page's 128 CSS px
 QUALITY = 85
@@ -39,13 +42,15 @@ def thumb_path(state_dir: Path, job_id: int, kind: str) -> Path:
 
 
 def write_thumbs(state_dir: Path, job_id: int, before: np.ndarray, after: np.ndarray, *, keep: int = KEEP) -> None:
-    """Write both thumbnails of a job, then drop those of all but the newest `keep` jobs. OSError on failure."""
-    thumbs_dir(state_dir).mkdir(parents=True, exist_ok=True)
+    """Write both thumbnails of a job, then drop those of all but the newest `keep` jobs.
+
+    PhotoError (a full disk, permissions) with no partial file left; OSError from pruning.
+    """
     for kind, pixels in zip(KINDS, (before, after)):
-        path = thumb_path(state_dir, job_id, kind)
-        tmp = path.with_name(f".{path.name}.tmp")
-        _small(pixels).save(tmp, format="JPEG", quality=QUALITY)
-        os.replace(tmp, path)
+        image = _small(pixels)
+        # The temp name carries the job: a killed write's file is the worker's to clean at its next start.
+        write_file(thumb_path(state_dir, job_id, kind), lambda f: image.save(f, format="JPEG", quality=QUALITY),
+                   "overwrite", temp=f"thumb-{int(job_id)}-{kind}")
     prune(state_dir, keep)
 
 

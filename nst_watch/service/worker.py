@@ -1,12 +1,12 @@
 """A worker: one resident engine, claiming jobs from the ledger and finishing them.
 
-Publishing is crash-safe. A result is first written whole under a staging
-name (`.nst-stage-job<ID>.<ext>`, atomic, in the output folder), the chosen
-final name is recorded in the ledger, then the staged file is hard-linked to
-that name (no-clobber), the job marked done, and only then the staging name
-removed. A worker killed at any point leaves either no final file, or one the
-next attempt recognises as its own (same inode as the staged file): every
-photo gets exactly one output per preset.
+The worker orchestrates: it claims a batch, has the darkroom stylise it, and
+hands each result to nst_watch.service.publish, whose crash-safe protocol
+(stage, plan, link without clobbering, sidecar, recover, complete) puts
+every output, thumbnail and moved original in place; nst_watch.service.
+originals decides where each original goes. A worker killed at any point
+leaves nothing the next attempt does not recognise as its own: every photo
+gets exactly one output per preset.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ from ..errors import EngineError, PhotoError, PresetError
 from ..faults import fault as _fault
 from ..jobs import Job, Ledger
 from ..photo import load_photo
-from ..photo.atomic import TEMP_PREFIX, fsync_dir, publish
-from ..photo.naming import numbered_name, sidecar_path
 from ..progress import eta_seconds
 from .identity import preset_hash
-from .originals import finish_original
+from .originals import finish_original, recover_originals
+from .publish import Outputs, clean_stages
 from .status import IDLE_PROGRESS, pid_alive
 from .thumbs import thumbs_dir, write_thumbs
 
@@ -121,13 +120,6 @@ class Activity:
             setattr(self, name, value)
 
 
-def _move_sidecar(staged: Path, final: Path) -> None:
-    """Move the staged result's JSON sidecar, if any, beside `final`."""
-    side = sidecar_path(staged)
-    if side.exists():
-        os.replace(side, sidecar_path(final))
-
-
 def owner_name(device: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{device}"
 
@@ -140,6 +132,7 @@ class Worker:
         device = darkroom.device
         self.owner = owner or owner_name(device)
         self.activity = Activity(self.owner, device)
+        self.outputs = Outputs(ledger, self.owner)
         self.state_dir = config.state_dir  # fixed at start, like the ledger: a reload cannot move it
         self.stopping = threading.Event()  # finish the current batch, claim no more
         self.cancel = threading.Event()  # abandon the current batch now
@@ -151,6 +144,12 @@ class Worker:
 
     def start(self) -> None:
         self._reclaim_crashed()
+        # Before the first claim: a photo moved when a killed worker died is
+        # recorded where it is, so a retried job finds it.
+        recover_originals(self.ledger, self.config)
+        lease = self.config.service.lease_seconds
+        if removed := clean_stages(thumbs_dir(self.state_dir), older_than=lease):
+            log.info("removed %d thumbnail temp file(s) left by an interrupted write", len(removed))
         self._thread = threading.Thread(target=self.run, name="worker", daemon=True)
         self._thread.start()
 
@@ -315,32 +314,20 @@ class Worker:
         if self.cancel.is_set():
             raise Cancelled()
 
-    # --- publishing ------------------------------------------------------------------
-
-    def _staged(self, job: Job, preset: Preset) -> Path:
-        return Path(job.output_dir) / f".nst-stage-job{job.id}.{EXTENSIONS[preset.output.format]}"
-
-    @staticmethod
-    def _leftovers(job: Job, staged: Path) -> tuple[Path, ...]:
-        """Files an attempt of `job` writes before publishing: the staged result, its sidecar, their temp files."""
-        folder = staged.parent
-        return (staged, sidecar_path(staged),
-                folder / f"{TEMP_PREFIX}job{job.id}", folder / f"{TEMP_PREFIX}job{job.id}-json")
+    # --- publishing (the protocol itself is nst_watch.service.publish's) ---------------
 
     def _publish(self, job: Job, photo, result, preset: Preset, watch: Watch | None) -> None:
-        staged = self._staged(job, preset)
         template = watch.template if watch else "{stem}-{preset}.{ext}"
         collision = watch.collision if watch else "suffix"
         dest = None
         try:
             dest = self.darkroom.dest_for(photo, preset, result, Path(job.output_dir), template)
-            # Named temp files: a kill mid-write leaves files the next attempt knows as its own.
-            self.darkroom.save(photo, result, preset, dest=staged, collision="overwrite", temp=f"job{job.id}")
-            _fault("staged")
-            final = self._link(job, staged, dest, collision)
+            final = self.outputs.publish(
+                job, EXTENSIONS[preset.output.format],
+                lambda staged, temp: self.darkroom.save(photo, result, preset, dest=staged, collision="overwrite",
+                                                        temp=temp),
+                dest, collision)
         except PhotoError as exc:
-            _remove(*self._leftovers(job, staged))
-            self.ledger.plan_output(self.owner, job.id, None)  # nothing of ours carries that name
             # The user knows the photo and the output name, not our staging name.
             target = dest.name if dest is not None else "its output"
             fix = f" ({exc.fix})" if exc.fix else ""
@@ -361,76 +348,24 @@ class Worker:
             log.warning("job %d: no thumbnails for the web view: writing them in %s failed: %s (check that "
                         "folder's space and permissions)", job.id, thumbs_dir(self.state_dir), exc)
 
-    def _link(self, job: Job, staged: Path, dest: Path, collision: str) -> Path | None:
-        """Publish `staged` under `dest` (or a free variant); the ledger learns the name first."""
-        if collision == "overwrite":
-            self.ledger.plan_output(self.owner, job.id, dest)
-            _move_sidecar(staged, dest)
-            os.replace(staged, dest)
-            fsync_dir(dest.parent)
-            return dest
-        for n in range(0, 100_000):
-            final = dest if n == 0 else dest.with_name(numbered_name(dest.name, n))
-            if os.path.lexists(final):
-                if collision == "skip":
-                    log.info("%s exists; skipped (collision: skip)", final)
-                    _remove(staged, sidecar_path(staged))
-                    return None
-                continue
-            self.ledger.plan_output(self.owner, job.id, final)
-            try:
-                publish(staged, final)
-            except FileExistsError:
-                continue  # another worker took the name between our check and our link
-            except OSError as exc:
-                from ..photo.atomic import write_error
-
-                raise write_error(final, exc) from exc
-            _fault("published")
-            return self._sidecar(staged, final)
-        raise PhotoError(dest, "no free output name", "clean up the output folder")
-
-    def _sidecar(self, staged: Path, final: Path) -> Path:
-        """Move the staged sidecar next to `final`, then drop the staging name.
-
-        Safe before complete(): with the name planned in the ledger and the
-        staging name gone, a restarted attempt knows `final` is its own.
-        """
-        _move_sidecar(staged, final)
-        _remove(staged)
-        return final
-
     def _recover(self, job: Job, preset: Preset) -> bool:
-        """Finish a job whose previous attempt published (or staged) before dying."""
-        staged = self._staged(job, preset)
-        planned = Path(job.output_path) if job.output_path else None
-        _remove(*self._leftovers(job, staged)[2:])  # temp files of a write that was killed
-        if planned is not None and planned.exists():
-            ours = (staged.exists() and os.path.samefile(staged, planned)) or not staged.exists()
-            if ours:
-                log.info("job %d: found its output from an earlier attempt: %s", job.id, planned)
-                self._sidecar(staged, planned)
-                self._complete(job, planned)
-                return True
-        if planned is not None and staged.exists():
-            watch = self.config.watch(job.watch) if job.watch else None
-            try:
-                final = self._link(job, staged, planned, watch.collision if watch else "suffix")
-            except PhotoError as exc:
-                self._fail(job, str(exc), permanent=exc.permanent)
-                return True
-            log.info("job %d: published the result staged by an earlier attempt", job.id)
-            self._complete(job, final)
+        """Finish a job whose previous attempt published (or staged) before dying; True if it is finished."""
+        watch = self.config.watch(job.watch) if job.watch else None
+        try:
+            found = self.outputs.recover(job, EXTENSIONS[preset.output.format], watch.collision if watch else "suffix")
+        except PhotoError as exc:
+            self._fail(job, str(exc), permanent=exc.permanent)
             return True
-        # Staged but never named: the name depends on the photo, so start over.
-        _remove(*self._leftovers(job, staged))
-        return False
+        if found is None:
+            return False
+        log.info("job %d: %s", job.id, found.how)
+        self._complete(job, found.final)
+        return True
 
     def _complete(self, job: Job, final: Path | None, detail: str = "") -> None:
-        if not self.ledger.complete(self.owner, job.id, final):
+        if not self.outputs.complete(job, final):
             log.warning("job %d: lease lost before completion; another worker owns it now", job.id)
             return
-        _fault("completed")
         self._finished(job)
         self.activity.done += 1
         log.info("done: %s [%s] -> %s%s", job.source_path, job.preset, final or "(skipped: exists)", detail)
@@ -462,7 +397,7 @@ class Worker:
         if watch is None:
             return  # submitted files belong to the tool that submitted them
         try:
-            finish_original(self.ledger, watch, job.sha256, Path(job.source_path))
+            finish_original(self.ledger, watch, job.sha256, Path(job.source_path), config_path=self.config.path)
         except Exception:
             log.exception("%s: could not move the original", job.source_path)
 
@@ -473,14 +408,6 @@ def _with_watch_format(preset: Preset, watch: Watch | None) -> Preset:
     fmt = watch.format
     output = preset.output.model_copy(update={"format": fmt, "bit_depth": preset.output.bit_depth if fmt == "tiff" else 8})
     return preset.model_copy(update={"output": output})
-
-
-def _remove(*paths: Path) -> None:
-    for path in paths:
-        try:
-            path.unlink()
-        except OSError:
-            pass
 
 
 class _Heartbeat:
