@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import (DEFAULT_HTTP, Config, EngineSettings, load_config, parse_http, preset_from_styles,
-                     with_overrides)
+from .config import (DEFAULT_HTTP, Config, EngineSettings, load_config, parse_budget, parse_http,
+                     preset_from_styles, with_overrides)
 from .errors import EXIT_FAILURE, ConfigError, NstWatchError
 from .logs import setup_logging
 from .service.status import RECENT
@@ -70,16 +70,6 @@ def _size(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise ValueError("give a long edge in pixels, or full") from None
-
-
-def _bytes(text: str) -> int:
-    """--max-memory: 1.5GB, 800MB, 2GiB (pydantic's ByteSize)."""
-    from pydantic import ByteSize, TypeAdapter, ValidationError
-
-    try:
-        return int(TypeAdapter(ByteSize).validate_python(text))
-    except ValidationError:
-        raise ValueError("give a size such as 1.5GB, 800MB or 2GiB") from None
 
 
 def _ints(text: str) -> list[int]:
@@ -212,7 +202,8 @@ def _preset_overrides(ctx: click.Context, values: dict) -> dict:
               show_default=EngineSettings().precision,
               help="auto: on CUDA bf16 convolutions where a scale has 1 MP or more a batch, fp32 below; fp32 on "
               "CPU; fp64 only to check exactness (slow).")
-@click.option("--max-memory", metavar="SIZE", callback=lambda ctx, param, value: _convert(_bytes, ctx, param, value),
+@click.option("--max-memory", metavar="SIZE",
+              callback=lambda ctx, param, value: _convert(parse_budget, ctx, param, value),
               help="Peak memory for the engine, e.g. 1.5GB; larger images run in exact tiles.",
               show_default="80% of free GPU memory, or half the available RAM")
 @click.option("--batch", default=4, show_default=True, help="Photos optimised together (same output size only).")

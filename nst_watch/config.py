@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import io
 import ipaddress
 import json
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, PrivateAttr, SecretStr,
+from pydantic import (BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, PrivateAttr, SecretStr, TypeAdapter,
                       ValidationError, field_validator, model_validator)
 
 from .errors import ConfigError
@@ -50,6 +52,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Says(str):
+    """What a setting takes, as error messages name it where its type alone says less.
+
+    Metadata for `Annotated` (pydantic ignores it): ``Annotated[int, Says("a number of pixels")]``
+    makes a wrong value read "a number of pixels (16 or more), not 'big'" (see `_takes`).
+    """
+
+
+PIXELS = Says("a number of pixels")
+SECONDS = Says("a number of seconds")
+
+
 def _style_from_string(value: Any) -> Any:
     return {"path": value} if isinstance(value, (str, Path)) else value
 
@@ -76,7 +90,8 @@ class Pyramid(_Strict):
     (nst_watch.engine.pyramid.scale_iterations).
     """
 
-    min_size: int = Field(64, ge=16, description="long edge of the first, coarsest scale, in pixels")
+    min_size: Annotated[int, PIXELS] = Field(
+        64, ge=16, description="long edge of the first, coarsest scale, in pixels")
     factor: float = Field(2.0, gt=1.0, description="step between scales")
     iterations: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="iterations per scale, coarse to fine, the last repeating (default: a tenth of "
@@ -124,9 +139,11 @@ class Preset(_Strict):
     """A named, hashable bundle of style images and optimisation settings."""
 
     name: str = "custom"
-    styles: list[Annotated[StyleImage, BeforeValidator(_style_from_string)]] = Field(min_length=1)
+    styles: Annotated[list[Annotated[StyleImage, BeforeValidator(_style_from_string),
+                                     Says("a style image's path, or path: and weight:")]],
+                      Says("a list of style images (each a path, or path: and weight:)")] = Field(min_length=1)
     style_scale: float = Field(1.0, gt=0, description="style image long edge relative to the output's")
-    size: Annotated[int, Field(ge=16)] | Literal["full"] = Field(
+    size: Annotated[int, Field(ge=16), PIXELS] | Literal["full"] = Field(
         512, description="output long edge in pixels, or full: the photo's own (too big for memory runs in tiles)")
     iterations: int = Field(500, ge=0, description="most iterations at full size (early_stop usually ends sooner)")
     pyramid: Pyramid | None = Pyramid()
@@ -197,9 +214,43 @@ class EngineSettings(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"
     pooling: Literal["max", "avg"] = "max"
     padding: Literal["replicate", "zeros"] = "replicate"
-    max_memory: ByteSize | None = Field(
+    max_memory: Annotated[ByteSize, Says("a size (e.g. 6GB, 1.5GiB)")] | None = Field(
         None, description="peak memory for the engine's work, e.g. 6GB or 1.5GiB; a scale that would need more "
         "runs in tiles (default: 80% of the GPU's free memory, or half the available RAM on a CPU)")
+
+    @field_validator("max_memory")
+    @classmethod
+    def _a_budget(cls, value: ByteSize | None) -> ByteSize | None:
+        if value is not None:
+            budget_floor(value)
+        return value
+
+
+# Below this, engine.max_memory is no budget but a slip (a missing unit: `max_memory: 6`, or 0 meant as
+# "the default"). What the engine really needs is known once it has loaded (Engine.check_budget).
+MIN_MAX_MEMORY = 10**6
+
+
+def budget_floor(value: int) -> int:
+    """`value` (bytes) when it can be a memory budget at all; ValueError saying how to write one."""
+    if value < MIN_MAX_MEMORY:
+        unit = "byte" if value == 1 else "bytes"
+        raise ValueError(f"{value} {unit} is no memory budget: give a size with its unit, e.g. 6GB or 1.5GiB, "
+                         "or leave it out for the default (80% of the GPU's free memory, or half the "
+                         "available RAM on a CPU)")
+    return value
+
+
+def parse_budget(text: str) -> int:
+    """Bytes from "1.5GB", "800MB", "2GiB" (pydantic's ByteSize), at least MIN_MAX_MEMORY.
+
+    ValueError saying the form of a size, or why the value is no budget.
+    """
+    try:
+        value = int(TypeAdapter(ByteSize).validate_python(text))
+    except ValidationError:
+        raise ValueError("give a size such as 1.5GB, 800MB or 2GiB") from None
+    return budget_floor(value)
 
 
 # Matched case-insensitively (IMG_0001.CR3 too). The RAW suffixes are the common
@@ -219,7 +270,7 @@ class Watch(_Strict):
     recursive: bool = False
     include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
     ignore: list[str] = Field(default_factory=list, description="added to the built-in ignore list")
-    settle_seconds: float = Field(5.0, ge=0)
+    settle_seconds: Annotated[float, SECONDS] = Field(5.0, ge=0)
     polling: bool | Literal["auto"] = "auto"
     processed: str = Field("keep", description="keep | move:<dir>")
     failed: Path | None = Field(None, description="folder for photos that cannot be processed")
@@ -302,10 +353,13 @@ class ServiceSettings(_Strict):
     """The daemon and its workers."""
 
     batch: int = Field(4, ge=1, description="same-preset photos optimised together")
-    lease_seconds: float = Field(300, gt=0, description="a worker silent this long has its job taken back")
+    lease_seconds: Annotated[float, SECONDS] = Field(
+        300, gt=0, description="a worker silent this long has its job taken back")
     max_attempts: int = Field(3, ge=1)
-    grace_seconds: float = Field(30, ge=0, description="on SIGTERM, time for the running job to finish")
-    reconcile_seconds: float = Field(120, gt=0, description="full rescan of every watch, for lost events")
+    grace_seconds: Annotated[float, SECONDS] = Field(
+        30, ge=0, description="on SIGTERM, time for the running job to finish")
+    reconcile_seconds: Annotated[float, SECONDS] = Field(
+        120, gt=0, description="full rescan of every watch, for lost events")
     http: str | None = Field(None, description=f"HOST:PORT of the web view, e.g. {DEFAULT_HTTP}; null = off")
     http_token: SecretStr | None = Field(
         None, description="every web view request must carry it; required to listen beyond 127.0.0.1")
@@ -353,7 +407,7 @@ class Config(_Strict):
     cluster: ClusterSettings = ClusterSettings()
     presets: dict[str, Preset] = Field(default_factory=dict)
     watches: list[Watch] = Field(default_factory=list)
-    max_pixels: int = Field(100_000_000, ge=1, description="largest photo accepted, in pixels")
+    max_pixels: Annotated[int, PIXELS] = Field(100_000_000, ge=1, description="largest photo accepted, in pixels")
     _path: Path | None = PrivateAttr(None)  # the file it was read from (load_config); kept by model_copy
 
     @property
@@ -407,9 +461,11 @@ def load_config(path: str | Path) -> Config:
     """Read, validate and resolve a YAML config; every failure is a ConfigError.
 
     Every problem in the file is reported at once, each with its key path and
-    line: pydantic's field errors, and for each preset that is valid on its
-    own its style images (missing, unreadable, too small for the style
-    layers) and size; folder layout comes last, once the whole file is valid.
+    line: keys given twice in one mapping (`_ConfigLoader`), pydantic's
+    field errors in the config's own words (`_problems`), and for each preset
+    that is valid on its own its style images (missing, unreadable, too
+    small for the style layers) and size; folder layout comes last, once the
+    whole file is valid. A file that is not YAML: the file, line and column.
     """
     path = Path(path).expanduser()
     try:
@@ -418,17 +474,14 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: config file not found (pass the right path with -c/--config)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data, problems = _parse_yaml(text, path)
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of settings, not {type(data).__name__}")
-    problems: list[str] = []
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems += [_describe(err, Config, text) for err in exc.errors()]
+        problems += _problems(exc, Config, text)
         _check_raw_parts(data, path.parent, text, problems)
         config = None
     else:
@@ -436,6 +489,81 @@ def load_config(path: str | Path) -> Config:
     _raise_if(problems, str(path))
     config._path = path.resolve()  # where the error reports' `nst-watch retry -c` points
     return config
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"  # YAML's merge key, `<<: *anchor`
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, which also finds keys given twice in one mapping.
+
+    PyYAML keeps the last value of a duplicate key silently (yaml/pyyaml#165):
+    a second `state_dir` would point the daemon at an empty ledger, a second
+    preset of one name replace the first. YAML 1.2 requires mapping keys to be
+    unique; keys a merge (`<<: *base`) brings in are not the mapping's own, and
+    one given in the mapping itself overrides them, as YAML's merge key means.
+    """
+
+    def duplicate_keys(self, node: yaml.Node, path: tuple = (), seen: set | None = None) -> list[tuple[int, str]]:
+        """(first line, problem) for each key given more than once in a mapping under `node`, at any depth."""
+        seen = set() if seen is None else seen
+        if id(node) in seen:  # an alias: the anchored node is checked where it is defined
+            return []
+        seen.add(id(node))
+        found: list[tuple[int, str]] = []
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                found += self.duplicate_keys(item, (*path, i), seen)
+        elif isinstance(node, yaml.MappingNode):
+            lines: dict[Any, list[int]] = {}
+            for key, value in node.value:
+                if key.tag == MERGE_TAG:
+                    continue
+                name = self._key(key)
+                if name is not None:
+                    lines.setdefault(name, []).append(key.start_mark.line + 1)
+                found += self.duplicate_keys(value, (*path, name), seen)
+            for name, at in lines.items():
+                if len(at) > 1:
+                    where = ", ".join(map(str, at[:-1])) + f" and {at[-1]}"
+                    times = "twice" if len(at) == 2 else f"{len(at)} times"
+                    key = ".".join(str(part) for part in (*path, name))
+                    found.append((at[0], f"{key} (lines {where}): given {times}; keep one"))
+        return found
+
+    def _key(self, node: yaml.Node) -> Any:
+        """The key as the mapping will hold it (`size` and `"size"` are one key), None if not a plain value."""
+        if not isinstance(node, yaml.ScalarNode):
+            return None
+        try:
+            key = self.construct_object(node)
+            hash(key)
+        except (yaml.YAMLError, TypeError):
+            return None
+        return key
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, list[str]]:
+    """The YAML document in `text` (read from `path`) and one problem per key given twice, in line order.
+
+    ConfigError naming the file, line and column when the text is not YAML.
+    """
+    stream = io.StringIO(text)
+    stream.name = str(path)  # PyYAML's messages name the stream: the file, not "<unicode string>"
+    loader = None
+    try:
+        loader = _ConfigLoader(stream)  # reads the first characters: may already fail
+        node = loader.get_single_node()
+        if node is None:
+            return None, []
+        # Before construction, which folds merged keys into each mapping.
+        duplicates = sorted(loader.duplicate_keys(node))
+        return loader.construct_document(node), [problem for _, problem in duplicates]
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def _raise_if(problems: list[str], source: str) -> None:
@@ -477,20 +605,158 @@ def validate(model: type[BaseModel], data: Any, *, source: str, text: str | None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        _raise_if([_describe(err, model, text) for err in exc.errors()], source)
+        _raise_if(_problems(exc, model, text), source)
 
 
-def _describe(err: dict, model: type[BaseModel], text: str | None) -> str:
+# pydantic's own words for these say only that the value was wrong: the message says what the setting takes.
+_WRONG_VALUE = {"int_parsing", "int_type", "int_from_float", "float_parsing", "float_type", "bool_parsing",
+                "bool_type", "string_type", "literal_error", "greater_than", "greater_than_equal", "less_than",
+                "less_than_equal", "list_type", "dict_type", "model_type", "model_attributes_type", "byte_size",
+                "byte_size_unit", "path_type", "finite_number"}
+
+
+def _problems(exc: ValidationError, model: type[BaseModel], text: str | None) -> list[str]:
+    """One line per wrong setting in `exc`, with its key path and line.
+
+    A value that fits no branch of a union (`size: big`) is one problem,
+    not one per branch under pydantic's internal names.
+    """
+    problems: dict[tuple, str] = {}
+    for err in exc.errors():
+        loc, line = _describe(err, model, text)
+        problems.setdefault(loc, line)
+    return list(problems.values())
+
+
+def _describe(err: dict, model: type[BaseModel], text: str | None) -> tuple[tuple, str]:
+    """(the setting's key path, the problem in the config's words) for one of pydantic's errors."""
     loc = tuple(err["loc"])
+    setting = _setting_at(model, loc) if err["type"] in _WRONG_VALUE else None
+    if setting is not None:
+        loc, annotation, metadata = setting
     key = ".".join(str(part) for part in loc) or "(top level)"
     where = _line_of(text, loc) if text else None
     at = f" (line {where})" if where else ""
+    if setting is not None:
+        return loc, f"{key}{at}: {_alternatives(_takes(annotation, metadata))}, not {_shown(err['input'])}"
     if err["type"] == "extra_forbidden":
         known = _known_keys(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
-        return f"{key}{at}: unknown key{hint}"
-    return f"{key}{at}: {err['msg']}"
+        return loc, f"{key}{at}: unknown key{hint}"
+    if err["type"] == "missing":
+        return loc, f"{key}{at}: required; add it"
+    if err["type"] in ("too_short", "string_too_short"):
+        least = err["ctx"]["min_length"]
+        units = ("character", "characters") if err["type"] == "string_too_short" else ("entry", "entries")
+        return loc, f"{key}{at}: at least {least} {units[least != 1]}, not {_shown(err['input'])}"
+    # Our own validators' messages, without pydantic's "Value error, " before them.
+    return loc, f"{key}{at}: {err['msg'].removeprefix('Value error, ').removeprefix('Assertion failed, ')}"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _setting_at(model: type[BaseModel], loc: tuple) -> tuple[tuple, Any, tuple] | None:
+    """(key path, type, constraints) of the setting a pydantic error's `loc` points into; None if not found.
+
+    The key path stops where the setting is: a union's errors carry one
+    more part per branch (`size.constrained-int`, `size.literal['full']`).
+    """
+    annotation: Any = model
+    metadata: tuple = ()
+    for i, part in enumerate(loc):
+        inner, _ = _unwrap(annotation, ())
+        inner = _non_null(inner)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            field = inner.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return None
+            annotation, metadata = field.annotation, tuple(field.metadata)
+        elif get_origin(inner) is list and isinstance(part, int):
+            annotation, metadata = get_args(inner)[0], ()
+        elif get_origin(inner) is dict:
+            annotation, metadata = get_args(inner)[1], ()
+        elif get_origin(inner) in (Union, types.UnionType):
+            return loc[:i], annotation, metadata  # the rest names the union's branch
+        else:
+            return None
+    return loc, annotation, metadata
+
+
+def _unwrap(annotation: Any, metadata: tuple) -> tuple[Any, tuple]:
+    """The type inside Annotated[...], with its metadata (constraints, Says) added to `metadata`."""
+    while get_origin(annotation) is Annotated:
+        annotation, *extra = get_args(annotation)
+        metadata = (*metadata, *extra)
+    return annotation, metadata
+
+
+def _non_null(annotation: Any) -> Any:
+    """X for X | None (pydantic tags no branch of a nullable type), else `annotation`."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(members) == 1:
+            return _unwrap(members[0], ())[0]
+    return annotation
+
+
+def _takes(annotation: Any, metadata: tuple = ()) -> list[str]:
+    """What a setting of this type takes, in the config's words: one entry per alternative."""
+    annotation, metadata = _unwrap(annotation, metadata)
+    for item in metadata:  # a Field(ge=16) inside Annotated carries its constraints as metadata of its own
+        metadata = (*metadata, *getattr(item, "metadata", ()))
+    says = next((item for item in metadata if isinstance(item, Says)), None)
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return [word for arg in get_args(annotation) for word in _takes(arg, metadata)]
+    if annotation is type(None):
+        return ["null"]
+    if origin is Literal:
+        return [str(value) for value in get_args(annotation)]
+    if annotation is bool:
+        return ["true", "false"]
+    if says is not None:
+        return [str(says) + _bounds(metadata)]
+    if origin is list:
+        return [f"a list of {_plural(_takes(get_args(annotation)[0]))}"]
+    if origin is dict:
+        return ["a mapping of names to settings"]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [f"a mapping ({', '.join(annotation.model_fields)})"]
+    nouns = {int: "a whole number", float: "a number", str: "text", SecretStr: "text", Path: "a path"}
+    return [nouns.get(annotation, getattr(annotation, "__name__", str(annotation))) + _bounds(metadata)]
+
+
+def _plural(words: list[str]) -> str:
+    """'numbers (0 or more)' from ['a number (0 or more)']: what each entry of a list takes."""
+    plural = {"a whole number": "whole numbers", "a number": "numbers", "text": "names", "a path": "paths",
+              "a mapping": "mappings"}
+    text = _alternatives(words)
+    noun, sep, rest = text.partition(" (")
+    return plural[noun] + sep + rest if noun in plural else f"entries, each {text}"
+
+
+def _bounds(metadata: tuple) -> str:
+    """' (16 or more)', ' (from 1 to 100)', ' (more than 0)'...: the constraints among `metadata`, or ''."""
+    def first(name):
+        return next((getattr(m, name) for m in metadata if getattr(m, name, None) is not None), None)
+
+    ge, gt, le, lt = first("ge"), first("gt"), first("le"), first("lt")
+    if ge is not None and le is not None:
+        return f" (from {ge:g} to {le:g})"
+    low = f"{ge:g} or more" if ge is not None else f"more than {gt:g}" if gt is not None else None
+    high = f"{le:g} or less" if le is not None else f"less than {lt:g}" if lt is not None else None
+    words = ", ".join(w for w in (low, high) if w)
+    return f" ({words})" if words else ""
+
+
+def _alternatives(words: list[str]) -> str:
+    """'a, b or c' from ['a', 'b', 'c'] (each once)."""
+    words = list(dict.fromkeys(words))
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -186,7 +186,8 @@ class Darkroom:
         """Stylise files; a bad photo is reported and skipped, the rest go on.
 
         Every photo is read and checked, and the style images too
-        (PresetError), before the engine is loaded.
+        (PresetError), before the engine is loaded; then the engine's memory
+        budget, once for all photos (PresetError: Engine.check_budget).
         """
         results: dict[Path, FileResult] = {}
         loaded: list[photo_io.Photo] = []
@@ -199,6 +200,8 @@ class Darkroom:
                 log.error("%s", exc)
                 results[path] = FileResult(path, error=str(exc))
         self.style_images(preset)  # fail early on a bad style image
+        if loaded:
+            self.engine.check_budget(preset)  # a budget no photo can meet is said once, not once per photo
         for start in range(0, len(loaded), max(1, batch)):
             group = loaded[start:start + max(1, batch)]
             label = group[0].path.name if len(group) == 1 else f"{len(group)} photos"
@@ -211,7 +214,11 @@ class Darkroom:
                     results[source.path] = FileResult(source.path, error=f"{source.path}: {result}")
                 else:
                     results[source.path] = self._write(source, result, preset, output, out_dir, template, collision)
-            log.info("stylised %s in %.1fs", label, time.perf_counter() - t0)
+            done = [source for source in group if results[source.path].error is None]
+            if done:  # never "stylised" for a photo whose error was just logged
+                label = (done[0].path.name if len(done) == 1 else
+                         f"{len(done)} photos" if len(done) == len(group) else f"{len(done)} of {len(group)} photos")
+                log.info("stylised %s in %.1fs", label, time.perf_counter() - t0)
         return [results[p] for p in contents]
 
     def _write(self, source, result, preset, output, out_dir, template, collision) -> FileResult:

@@ -36,6 +36,16 @@ def photo(path: Path, seed: int = 0, size=(48, 40)) -> Path:
     return path
 
 
+def resident_bytes() -> int:
+    """What a daemon process holds before any image: torch, the service modules and VGG19 (random weights)."""
+    probe = ("import nst_watch.service.daemon\nfrom nst_watch.engine import Engine\n"
+             "print(Engine(weights='random', device='cpu').resident)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
 class Studio:
     """A temp folder with a config, style images, inbox and outbox."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageCms
 
-from daemon_kit import Studio, photo, wait_until
+from daemon_kit import Studio, photo, resident_bytes, wait_until
 from nst_watch.engine.memory import WORKSPACE_BYTES
 
 
@@ -53,21 +52,11 @@ def test_daemon_size_full_gives_each_photo_its_own_size(tmp_path):
     assert sizes == {"wide-a.jpg": (80, 48), "small-a.jpg": (48, 40)}
 
 
-def _resident_bytes() -> int:
-    """What a daemon process holds before any image: torch, the service modules and VGG19 (random weights)."""
-    probe = ("import nst_watch.service.daemon\nfrom nst_watch.engine import Engine\n"
-             "print(Engine(weights='random', device='cpu').resident)")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr
-    return int(done.stdout)
-
-
 def test_daemon_tiles_a_photo_over_max_memory_and_status_shows_the_tiles(tmp_path):
     """A size: full photo too big for engine.max_memory runs in tiles; `status` shows the tile passes."""
     # Shallow layers keep the halo small, so a 320x240 photo splits into a few tiles; its untiled
     # estimate is ~300 MB over the resident engine and its workspace, and the budget leaves ~100 MB.
-    budget = _resident_bytes() + WORKSPACE_BYTES + 100 * 10**6
+    budget = resident_bytes() + WORKSPACE_BYTES + 100 * 10**6
     studio = Studio(tmp_path, presets=("a",), preset_settings={
         "size": "full", "iterations": 20, "early_stop": None, "pyramid": None,
         "content_layers": ["relu3_1"], "style_layers": ["relu1_1", "relu2_1", "relu3_1"]})

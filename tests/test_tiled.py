@@ -189,9 +189,11 @@ def test_max_memory_is_checked_and_a_hopeless_budget_says_what_would_do(tmp_path
 
     typo = stylize("--max-memory", "lots")
     assert typo.returncode == 2 and "--max-memory" in typo.stderr
+    # A budget below the resident engine and the smallest tiles serves no photo: a config error, said once.
     tiny = stylize("--max-memory", "1MB")
-    assert tiny.returncode == 1 and "does not fit engine.max_memory" in tiny.stderr
-    assert "raise max_memory to" in tiny.stderr and not (tmp_path / "out.png").exists()
+    assert tiny.returncode == 78 and "engine.max_memory 0.00 GB is less than the" in tiny.stderr
+    assert "needs before any photo" in tiny.stderr and "raise engine.max_memory (--max-memory) to" in tiny.stderr
+    assert not (tmp_path / "out.png").exists()
 
 
 def test_plain_progress_shows_tiles_and_survives_the_first_iteration(caplog):

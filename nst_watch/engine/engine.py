@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import EngineSettings, Preset, deepest, min_edge
-from ..errors import EngineError
+from ..errors import EngineError, PresetError
 from . import color, memory
 from .clock import Clock, ProgressCallback
 from .losses import ContentLoss, StyleLoss, TVLoss, blend_grams, gram_matrix, layer_weights
@@ -72,6 +73,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.2f} GB"
+
+
+def _gb_up(size: float, unit: str = " GB") -> str:
+    """`size` bytes in GB, rounded up to a tenth: a budget suggested from it is never short."""
+    return f"{math.ceil(size / 1e8) / 10:.1f}{unit}"
+
+
 def _digest(tensors: Sequence[torch.Tensor]) -> str:
     h = hashlib.sha256()
     for t in tensors:
@@ -93,7 +103,9 @@ class Engine:
     (memory.WORKSPACE_BYTES) come off the top and the rest is `work_memory`,
     which may be set directly; on a GPU the device's. Batches are split to
     fit it, and a scale that does not fit even alone runs in exact tiles
-    (nst_watch.engine.tiled); EngineError when not even tiles fit.
+    (nst_watch.engine.tiled); EngineError when a photo is too big for even
+    the smallest tiles. A budget that leaves too little for those tiles at
+    all serves no photo: `stylize` raises PresetError (`check_budget`).
 
     `precision`: fp32; bf16 (convolutions in bfloat16 with float32 Grams
     and losses); auto (on a GPU, bf16 for scales of AUTO_BF16_PIXELS a
@@ -180,8 +192,10 @@ class Engine:
         together as one batch: each keeps its own optimiser state (Adam is
         elementwise; L-BFGS gets one optimiser per image), so batching changes
         speed, not results.
-        Returns one result per content image, in order.
+        Returns one result per content image, in order. PresetError when
+        max_memory cannot serve the preset at all (`check_budget`).
         """
+        self.check_budget(preset)
         if len(styles) != len(preset.styles):
             raise ValueError(f"preset {preset.name!r} lists {len(preset.styles)} style images, got {len(styles)}")
         results: list[StylizeResult | None] = [None] * len(contents)
@@ -253,6 +267,42 @@ class Engine:
 
     # --- memory ---------------------------------------------------------------
 
+    def least_max_memory(self, preset: Preset) -> int:
+        """The max_memory (bytes) below which no photo of `preset` could run but the smallest.
+
+        What is reserved (on a CPU the resident engine and its workspace)
+        plus the smallest tile of the preset's layers (memory.least_tiled_bytes).
+        Above it, a photo too big for the budget fails alone, for its own size.
+        """
+        return self.reserved + memory.least_tiled_bytes([*preset.content_layers, *preset.style_layers])
+
+    def check_budget(self, preset: Preset) -> None:
+        """PresetError when work_memory cannot hold even the smallest tile of `preset`'s layers.
+
+        Such a budget is the setting's fault, not the photos': the message
+        names engine.max_memory, what the preset needs and of what, and a
+        value to give instead, with room for tiles of a useful size
+        (memory.ample_tiled_bytes).
+        """
+        layers = [*preset.content_layers, *preset.style_layers]
+        least = memory.least_tiled_bytes(layers)
+        if self.work_memory >= least:
+            return
+        parts = [f"{_gb(least)} for the smallest tile of its layers, down to {deepest(layers)}"]
+        if self.reserved:
+            parts[:0] = [f"{_gb(self.resident)} that torch and VGG19 hold",
+                         f"{_gb(self.reserved - self.resident)} of workspace for photos"]
+        needs = (f"{_gb(self.least_max_memory(preset))} that preset {preset.name!r} needs before any photo "
+                 f"({', '.join(parts)})")
+        give = _gb_up(self.reserved + memory.ample_tiled_bytes(layers), unit="GB")
+        if self.settings.max_memory is None:
+            default = "80% of the GPU's free memory" if self.device.type == "cuda" else "half the RAM available now"
+            raise PresetError(f"the default engine.max_memory, {default} ({_gb(self.max_memory)}), is less than "
+                              f"the {needs}: free memory, or set engine.max_memory (--max-memory) to {give} "
+                              "if the machine has it")
+        raise PresetError(f"engine.max_memory {_gb(self.max_memory)} is less than the {needs}, so no photo could "
+                          f"run: raise engine.max_memory (--max-memory) to {give} or more")
+
     def _tile_for(self, hw: tuple[int, int], preset: Preset, steps: int) -> memory.TilePlan | None:
         """How a scale too big to run whole runs in tiles, None where it runs whole (memory.tile_for)."""
         try:
@@ -262,7 +312,7 @@ class Engine:
             raise EngineError(
                 f"preset {preset.name!r}: {hw[1]}x{hw[0]} px does not fit engine.max_memory "
                 f"({self.max_memory / 1e9:.2f} GB, {self.resident / 1e9:.2f} GB of it resident) even in tiles; "
-                f"raise max_memory to {(self.reserved + too_big.need) / 1e9:.1f} GB or more, or lower size"
+                f"raise max_memory to {_gb_up(self.reserved + too_big.need)} or more, or lower size"
             ) from None
 
     def _style_tile(self, hw: tuple[int, int], preset: Preset) -> int | None:

@@ -45,13 +45,14 @@ WORKSPACE_BYTES = 200 * 10**6  # on a CPU, kept out of work_memory
 # pixel at its peak (benchmarks/memory.py's machine, 512 and 1024 px).
 FORWARD_BYTES = 800
 MIN_HISTORY = 3  # L-BFGS pairs kept at least, where memory is short (tile_for)
+MARGIN = 1.25  # on the estimates, where a budget that would do is suggested (DoesNotFit, ample_tiled_bytes)
 CPU_BATCH_PIXELS = 8 * 128 * 96  # largest batch (in output pixels) a CPU optimises at once
 
 WIDEST_CHANNELS = 64  # VGG19's conv1 block: the widest activation, at full resolution
 
 
 class DoesNotFit(Exception):
-    """Not even the smallest tiles fit; `need` is the max_memory (bytes, resident part included) that would."""
+    """Not even the smallest tiles fit; `need` is the work_memory (bytes) that would (what is resident comes on top)."""
 
     def __init__(self, need: float):
         super().__init__(need)
@@ -218,9 +219,31 @@ def tile_for(hw: tuple[int, int], layers, history: int, steps: int, work_memory:
         tile = _largest_tile(work_memory, geometry)
         if tile is not None:
             return TilePlan(tile, history, on_device=False)
-    tiles = untiled_bytes((2 * geometry.halo + 4 * geometry.align,) * 2, 0)
     state = 0 if spill_to_host else pixels * (TILED_HOST_BYTES + 2 * MIN_HISTORY * VECTOR_BYTES)
-    raise DoesNotFit(1.25 * (tiles + state))
+    raise DoesNotFit(ample_tiled_bytes(layers) + MARGIN * state)
+
+
+def least_tiled_bytes(layers) -> int:
+    """The work_memory (bytes) below which tile_for makes no tile at all for these VGG19 layers.
+
+    Its smallest tile, two grid steps square, read with its halo on every
+    side (Geometry.of(layers): 192 px squares for relu5_1, 32 for relu3_1).
+    The image's own state (TILED_HOST_BYTES and the L-BFGS history a pixel)
+    comes on top, so any real photo needs more; a budget under it serves
+    only photos small enough to run whole.
+    """
+    geometry = Geometry.of(layers)
+    return (2 * geometry.halo + 2 * geometry.align) ** 2 * TILE_BYTES
+
+
+def ample_tiled_bytes(layers) -> int:
+    """The work_memory (bytes) to suggest where tiles do not fit, the image's own state aside.
+
+    Tiles of four grid steps with their halo (224 px squares for relu5_1),
+    estimated untiled, with MARGIN: tiles of a useful size, not the least.
+    """
+    geometry = Geometry.of(layers)
+    return math.ceil(MARGIN * untiled_bytes((2 * geometry.halo + 4 * geometry.align,) * 2, 0))
 
 
 def _largest_tile(budget: int, geometry: Geometry) -> int | None:

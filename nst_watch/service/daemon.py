@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from ..config import Config, load_config, with_http, with_ray
-from ..errors import ConfigError
+from ..errors import ConfigError, PresetError
 from ..jobs import Ledger
 from .intake import Intake
 from .notify import Notifier
@@ -143,10 +143,26 @@ class Daemon:
         if self.device:
             settings = settings.model_copy(update={"device": self.device})
         darkroom = Darkroom(settings, max_pixels=config.max_pixels)
+        self._check_budget(darkroom.engine, config)  # loads the engine
         self.worker = Worker(config, self.ledger, darkroom)
         self.worker.on_change = self._refresh_soon  # a finished job leaves status within one loop
         self.worker.start()
         log.info("worker %s ready on %s", self.worker.owner, darkroom.engine.device)
+
+    def _check_budget(self, engine, config: Config) -> None:
+        """ConfigError (exit 78) before any job is taken when engine.max_memory cannot serve every preset.
+
+        Otherwise each photo would fail on its own, one by one, for a setting
+        (Engine.check_budget). The preset needing most decides: the budget
+        that serves it serves them all. A preset added by a reload that the
+        running engine cannot serve has its jobs held instead (Worker._hold).
+        """
+        if not config.presets:
+            return
+        try:
+            engine.check_budget(max(config.presets.values(), key=engine.least_max_memory))
+        except PresetError as exc:
+            raise ConfigError(f"{self.config_path}: {exc}") from None
 
     def _start_cluster(self, config: Config) -> None:
         from .cluster import ClusterLink  # no torch, no ray: those live in the child
