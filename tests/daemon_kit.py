@@ -19,14 +19,19 @@ from nst_watch.jobs import Ledger
 TINY_PRESET = {"size": 32, "iterations": 2, "output": {"format": "jpeg"}}
 
 
-def wait_until(condition, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
+def wait_until(condition, timeout: float = 60.0, interval: float = 0.05, what: str = "condition", detail=None):
+    """Poll `condition` until it is truthy (returned) or `timeout` seconds pass (AssertionError naming `what`).
+
+    `detail`, a callable, adds what the system said at that moment (status, a log's tail) to the failure.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    said = f"\n{detail()}" if detail is not None else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{said}")
 
 
 def photo(path: Path, seed: int = 0, size=(48, 40)) -> Path:

@@ -4,14 +4,18 @@
 machine and run their engines on the CPU. Every test drives the real
 daemon (`nst-watch run --ray` / `cluster:` in the YAML), the real ledger
 and real Ray processes; they share one pytest-xdist worker (xdist_group),
-so one Ray runtime runs at a time on the two cores.
+so one Ray runtime runs at a time on the two cores. Ray's session folders
+go to a temp dir of this module's, removed whatever the outcome.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,10 +77,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_cluster_that_goes_away_keeps_intake_running_and_work_resumes_when_it_is_back(tmp_path):
+@pytest.fixture(scope="module")
+def ray_tmp():
+    """A temp dir for Ray's session folders (sockets, logs: megabytes a runtime), removed even when a test failed.
+
+    Not under tmp_path: Ray puts its Unix sockets in the session folder,
+    and pytest's deep tmp_path names would pass the 107-byte limit on a
+    socket's path.
+    """
+    path = Path(tempfile.mkdtemp(prefix="nst-ray-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_cluster_that_goes_away_keeps_intake_running_and_work_resumes_when_it_is_back(tmp_path, ray_tmp):
     # First in the file: its own head on a fixed port, started again on that port.
     port = _free_port()
-    head_args = {"num_cpus": 1, "num_gpus": 1, "gcs_server_port": port}
+    head_args = {"num_cpus": 1, "num_gpus": 1, "gcs_server_port": port, "temp_dir": str(ray_tmp)}
     head = Cluster(initialize_head=True, head_node_args=head_args)
     studio = Studio(tmp_path)
     studio.write_config(cluster={"backend": "ray", "address": head.address})
@@ -116,7 +133,7 @@ def test_a_cluster_that_goes_away_keeps_intake_running_and_work_resumes_when_it_
 
 
 @pytest.fixture(scope="module")
-def two_gpus():
+def two_gpus(ray_tmp):
     """A real local Ray runtime with two logical GPUs; yields its address for `--ray`.
 
     address="local": always a new runtime. Without it ray.init joins the
@@ -124,7 +141,8 @@ def two_gpus():
     perhaps this fixture's own before xdist ran another module in between)
     and refuses num_cpus/num_gpus.
     """
-    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING",
+             _temp_dir=str(ray_tmp))
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
