@@ -19,7 +19,7 @@ from . import __version__
 from .config import (DEFAULT_HTTP, Config, EngineSettings, load_config, parse_budget, parse_http,
                      preset_from_styles, with_overrides)
 from .errors import EXIT_FAILURE, ConfigError, NstWatchError
-from .logs import setup_logging
+from .logs import fatal_line, setup_logging
 from .service.status import RECENT
 
 log = logging.getLogger("nst_watch")
@@ -28,13 +28,13 @@ DEFAULT_TEMPLATE = "{stem}-{preset}.{ext}"
 
 
 class _Group(click.Group):
-    """Turns NstWatchError into its message on stderr and its exit code."""
+    """Turns NstWatchError into its message on stderr (with `<3>` for journald) and its exit code."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except NstWatchError as exc:
-            click.echo(f"nst-watch: error: {exc}", err=True)
+            click.echo(fatal_line(str(exc)), err=True)
             ctx.exit(exc.exit_code)
 
 

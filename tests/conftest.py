@@ -44,6 +44,31 @@ def synthetic_painting(height: int = 64, width: int = 64, seed: int = 1) -> np.n
     return np.clip(np.stack(channels, axis=-1), 0, 1).astype(np.float32)
 
 
+BULK_BYTES = 1 << 20  # a test's files above this size go whatever its outcome
+
+
+@pytest.fixture(autouse=True)
+def _no_bulk_left(request):
+    """Remove the files over 1 MiB a test leaves in its tmp_path, whether it passed or failed.
+
+    pytest keeps a failed test's tmp_path (tmp_path_retention_policy =
+    failed, three runs back) for its logs and configs; the VGG-sized
+    checkpoints (80 MB each) and full-size photos some tests write would
+    stay with them.
+    """
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    root = request.getfixturevalue("tmp_path")  # set up first, so torn down after this fixture
+    yield
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_size > BULK_BYTES:
+                path.unlink()
+        except OSError:
+            pass  # a file a process still writes, or one gone already: best effort
+
+
 @pytest.fixture(scope="session")
 def random_engine():
     """One resident engine with seeded random weights, shared by the engine tests."""

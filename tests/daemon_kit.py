@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,14 +20,27 @@ from nst_watch.jobs import Ledger
 TINY_PRESET = {"size": 32, "iterations": 2, "output": {"format": "jpeg"}}
 
 
-def wait_until(condition, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
+def wait_until(condition, timeout: float = 60.0, interval: float = 0.05, what: str = "condition", detail=None):
+    """Poll `condition` until it is truthy (returned) or `timeout` seconds pass (AssertionError naming `what`).
+
+    `detail`, a callable, adds what the system said at that moment (status, a log's tail) to the failure.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    said = f"\n{detail()}" if detail is not None else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{said}")
+
+
+PRIORITY = re.compile(r"<[0-7]>")
+
+
+def unprefixed(log: str) -> list[str]:
+    """The lines of a plain (journald) log that lack a syslog `<N>` prefix or carry an escape sequence."""
+    return [line for line in log.splitlines() if not PRIORITY.match(line) or "\x1b" in line]
 
 
 def photo(path: Path, seed: int = 0, size=(48, 40)) -> Path:
@@ -97,14 +111,24 @@ class Studio:
         return DaemonProcess(self, role, list(args), env or {})
 
 
+def environment(changes: dict) -> dict:
+    """This process's environment with `changes`: a value sets its variable, None removes it."""
+    return {k: v for k, v in {**os.environ, **changes}.items() if v is not None}
+
+
 class DaemonProcess:
+    """`nst-watch ROLE -c CONFIG ARGS` with stdout and stderr in one log file, as journald takes both.
+
+    `env` adds to this process's environment; a None value removes that variable.
+    """
+
     def __init__(self, studio: Studio, role: str, args: list[str], env: dict):
         self.log_path = studio.root / f"daemon-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w")
-        full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+        full_env = environment({"OMP_NUM_THREADS": "1", **env})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nst_watch", role, "-c", str(studio.config), *args],
-            stdout=subprocess.DEVNULL, stderr=self._log, env=full_env,
+            stdout=self._log, stderr=self._log, env=full_env,
         )
 
     @property

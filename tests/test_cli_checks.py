@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,33 @@ def test_validate_reports_every_problem_in_the_file(tmp_path, style):
     for line in expected:
         assert line in result.stderr, line
     assert "(6 problems)" in result.stderr
+
+
+def test_the_error_line_carries_its_syslog_priority_off_a_terminal_and_none_on_one(tmp_path):
+    # journald reads `<3>` as an error's priority; on a terminal the line stays plain text.
+    (tmp_path / "config.yaml").write_text("presets:\n  a:\n    styles: [nowhere.png]\n    stlye_weight: 3\n")
+    plain = nst("validate", "-c", "config.yaml", cwd=tmp_path)
+    assert plain.returncode == 78
+    lines = plain.stderr.splitlines()
+    assert len(lines) > 1 and lines[0].startswith("<3>nst-watch: error: ") and all(
+        line.startswith("<3>") for line in lines), plain.stderr
+    primary, secondary = pty.openpty()
+    with subprocess.Popen([sys.executable, "-m", "nst_watch", "validate", "-c", "config.yaml"], cwd=tmp_path,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=secondary) as proc:
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the terminal's other side closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(120) == 78
+    os.close(primary)
+    text = b"".join(chunks).decode()
+    assert text.startswith("nst-watch: error: ") and "<3>" not in text and "stlye_weight" in text
 
 
 # --- 3. a photo too thin for the output size among good ones ----------------------------------

@@ -4,21 +4,28 @@
 machine and run their engines on the CPU. Every test drives the real
 daemon (`nst-watch run --ray` / `cluster:` in the YAML), the real ledger
 and real Ray processes; they share one pytest-xdist worker (xdist_group),
-so one Ray runtime runs at a time on the two cores.
+so one Ray runtime runs at a time on the two cores. Ray's session folders
+go to a temp dir of this module's, removed whatever the outcome.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from daemon_kit import Studio, photo, wait_until
+from daemon_kit import Studio, environment, photo, unprefixed, wait_until
 from nst_watch.service.status import cluster_summary, snapshot
 from test_service import NotifySocket
 
@@ -73,10 +80,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_cluster_that_goes_away_keeps_intake_running_and_work_resumes_when_it_is_back(tmp_path):
+@pytest.fixture(scope="module")
+def ray_tmp():
+    """A temp dir for Ray's session folders (sockets, logs: megabytes a runtime), removed even when a test failed.
+
+    Not under tmp_path: Ray puts its Unix sockets in the session folder,
+    and pytest's deep tmp_path names would pass the 107-byte limit on a
+    socket's path.
+    """
+    path = Path(tempfile.mkdtemp(prefix="nst-ray-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_cluster_that_goes_away_keeps_intake_running_and_work_resumes_when_it_is_back(tmp_path, ray_tmp):
     # First in the file: its own head on a fixed port, started again on that port.
     port = _free_port()
-    head_args = {"num_cpus": 1, "num_gpus": 1, "gcs_server_port": port}
+    head_args = {"num_cpus": 1, "num_gpus": 1, "gcs_server_port": port, "temp_dir": str(ray_tmp)}
     head = Cluster(initialize_head=True, head_node_args=head_args)
     studio = Studio(tmp_path)
     studio.write_config(cluster={"backend": "ray", "address": head.address})
@@ -115,8 +135,178 @@ def test_a_cluster_that_goes_away_keeps_intake_running_and_work_resumes_when_it_
     assert all(j.state == "done" for j in studio.jobs())
 
 
+def _listening(pids: set[int]) -> list[str]:
+    """The TCP addresses ("IP:PORT") on which processes `pids` listen (from /proc/net/tcp and tcp6)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            inodes |= {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        except OSError:
+            continue  # gone, or a file descriptor closed meanwhile
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in open(table).read().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] != "0A" or f"socket:[{fields[9]}]" not in inodes:  # 0A: LISTEN
+                continue
+            hexip, port = fields[1].split(":")
+            raw = b"".join(bytes.fromhex(hexip[i:i + 8])[::-1] for i in range(0, len(hexip), 8))
+            ip = ipaddress.ip_address(raw)
+            found.append(f"{getattr(ip, 'ipv4_mapped', None) or ip}:{int(port, 16)}")
+    return found
+
+
+def _descendants(pid: int) -> set[int]:
+    """`pid` and every process below it (Ray's GCS, raylet, agents and the engines' workers)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = {pid}, {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _ray(*args: str, env: dict) -> subprocess.CompletedProcess:
+    """The `ray` command line, run with this Python."""
+    return subprocess.run([sys.executable, "-c", "from ray.scripts.scripts import main; main()", *args],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+class RayHead:
+    """`ray start --head --block ARGS`, as a user starts a cluster, in a session of its own.
+
+    Stopped through its process group, never `ray stop`: that ends every
+    Ray runtime of this user, this module's own included.
+    """
+
+    def __init__(self, root: Path, *args: str, env: dict):
+        self.port = _free_port()
+        self.log_path = root / "ray-head.log"
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head", "--block",
+                 f"--port={self.port}", "--include-dashboard=false", *args],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: "Ray runtime started" in self.log_path.read_text() or self.proc.poll() is not None, 120,
+                   what="`ray start --head`", detail=lambda: self.log_path.read_text()[-3000:])
+        assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
+
+    def stop(self) -> None:
+        """Kill the head's processes at once (`ray start --block` takes half a minute over SIGTERM)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def ray_head(tmp_path, ray_tmp):
+    """Start RayHead(*args, env=...) heads for a test; every one is stopped when it ends, passed or failed."""
+    heads = []
+
+    def start(*args: str, env: dict) -> RayHead:
+        heads.append(RayHead(tmp_path, *args, env=env))
+        return heads[-1]
+
+    yield start
+    for head in heads:
+        head.stop()
+
+
+def _alone(tmp_path: Path, ray_tmp: Path, **changes) -> dict:
+    """An environment of its own for a head and its daemons: an empty HOME (no token), Ray's temp dir in
+    `ray_tmp` (so `--ray` alone finds this head), no RAY_AUTH_* (pytest's own ray.init sets RAY_AUTH_MODE)."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix="h", dir=ray_tmp))
+    return environment({"HOME": str(home), "RAY_TMPDIR": str(temp), "RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None,
+                        "RAY_AUTH_TOKEN_PATH": None, "RAY_ADDRESS": None, **changes})
+
+
+def _readme_recipe() -> list[str]:
+    """The commands of the README's one-machine Ray recipe, as written."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("To try it on one machine without a GPU", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_one_machine_recipe_listens_on_loopback_only_and_uses_the_users_token(tmp_path, ray_tmp,
+                                                                                        ray_head):
+    recipe = _readme_recipe()
+    assert recipe == ["export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0",
+                      "ray get-auth-token --generate >/dev/null && chmod 600 ~/.ray/auth_token",
+                      "ray start --head --num-gpus=2", "nst-watch run -c config.yaml --ray", "ray stop"]
+    env = _alone(tmp_path, ray_tmp, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    token = Path(env["HOME"]) / ".ray" / "auth_token"
+    assert _ray("get-auth-token", "--generate", env=env).returncode == 0 and token.stat().st_size > 0
+    head = ray_head("--num-gpus=2", env=env)  # the recipe's flags; the port, --block, no dashboard: the test's
+    studio = Studio(tmp_path)
+    daemon = studio.start("--ray", env=env)
+    try:
+        daemon.wait_ready(120)
+        wait_until(lambda: _engines_up(studio) == 2, 180, what="2 Ray engines up", detail=lambda: daemon.log)
+        photo(studio.inbox / "one.jpg")
+        wait_until(lambda: studio.counts().get("done") == 2, 180, what="2 jobs done", detail=lambda: daemon.log)
+        addresses = _listening(_descendants(head.proc.pid))
+        assert addresses and all(a.startswith("127.0.0.1:") for a in addresses), addresses
+    finally:
+        assert daemon.stop(120) == 0
+    assert unprefixed(daemon.log) == []  # nst-watch's lines only: no Ray line, no colour code
+    assert "logging.cc" not in daemon.log and "Token authentication" not in daemon.log
+    assert (studio.root / "state" / "ray-driver.log").exists()  # where Ray's own lines went
+
+    # An explicit address: Ray itself would use no token there; nst-watch asks the head and uses it.
+    photo(tmp_path / "more.jpg", seed=5)
+    assert subprocess.run([sys.executable, "-m", "nst_watch", "submit", "-c", str(studio.config),
+                           str(tmp_path / "more.jpg"), "-p", "a", "--out-dir", str(studio.outbox)],
+                          env=env, capture_output=True).returncode == 0
+    work = studio.start("--ray", f"127.0.0.1:{head.port}", role="work", env=env)
+    try:
+        wait_until(lambda: studio.counts().get("done") == 3, 180, what="the submitted job done by `work --ray "
+                   "127.0.0.1:PORT`", detail=lambda: work.log)
+    finally:
+        assert work.stop(120) == 0
+    assert (studio.outbox / "more-a.jpg").exists() and unprefixed(work.log) == []
+
+    # A user without the token, or with another one, is refused at once, told which file to fix.
+    others = {"no token": "does not exist", "another token": "is not the one the cluster was started with"}
+    for case, why in others.items():
+        home = tmp_path / case
+        (home / ".ray").mkdir(parents=True)
+        if case == "another token":
+            (home / ".ray" / "auth_token").write_text("f" * 32)
+        refused = studio.start("--ray", f"127.0.0.1:{head.port}", role="work", env={**env, "HOME": str(home)})
+        assert refused.proc.wait(60) == 1
+        assert unprefixed(refused.log) == []
+        [line] = [line for line in refused.log.splitlines() if "nst-watch: error:" in line]
+        assert line.startswith("<3>nst-watch: error: the Ray cluster at 127.0.0.1:") and "wants its token" in line
+        assert f"{home / '.ray' / 'auth_token'} {why}" in line
+
+
+def test_a_cluster_without_token_auth_is_joined_though_the_user_has_a_token(tmp_path, ray_tmp, ray_head):
+    # Ray's own driver would turn token mode on for --ray (auto) here, and its engines would never start.
+    env = _alone(tmp_path, ray_tmp, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    assert _ray("get-auth-token", "--generate", env=env).returncode == 0
+    ray_head("--num-gpus=1", env={**env, "RAY_AUTH_MODE": "disabled"})
+    studio = Studio(tmp_path, presets=("a",))
+    photo(studio.inbox / "one.jpg")
+    daemon = studio.start("--ray", env=env)
+    try:
+        wait_until(lambda: studio.counts().get("done") == 1, 180, what="the job done", detail=lambda: daemon.log)
+    finally:
+        assert daemon.stop(120) == 0
+    assert unprefixed(daemon.log) == []
+
+
 @pytest.fixture(scope="module")
-def two_gpus():
+def two_gpus(ray_tmp):
     """A real local Ray runtime with two logical GPUs; yields its address for `--ray`.
 
     address="local": always a new runtime. Without it ray.init joins the
@@ -124,7 +314,8 @@ def two_gpus():
     perhaps this fixture's own before xdist ran another module in between)
     and refuses num_cpus/num_gpus.
     """
-    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING",
+             _temp_dir=str(ray_tmp))
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -222,6 +413,7 @@ def test_an_actor_killed_mid_job_loses_nothing_and_its_job_runs_again(tmp_path, 
     assert lost[0].id in lane["jobs"] and lost[0].lost_leases == 1
     assert _owners(studio, lost[0].id)[0] == lane["owner"]
     assert "was lost mid-batch" in daemon.log and "back to pending for the next free engine" in daemon.log
+    assert unprefixed(daemon.log) == []  # Ray's "(raylet) A worker died ..." went to state/ray-driver.log
 
 
 def test_sigterm_past_the_grace_period_hands_ray_jobs_back_uncounted_and_exits_0(tmp_path, two_gpus):
@@ -340,3 +532,12 @@ def test_run_with_ray_fails_fast_naming_an_address_where_no_cluster_listens(tmp_
     daemon = studio.start(role="work")
     assert daemon.proc.wait(60) == 1
     assert "no Ray cluster answers at 127.0.0.1:" in daemon.log and "ray start --head" in daemon.log
+    assert unprefixed(daemon.log) == [] and "<3>nst-watch: error: no Ray cluster answers" in daemon.log
+    # The same line from the dispatcher child of `run`, in the daemon's log.
+    daemon = studio.start()
+    try:
+        daemon.wait_log("<3>nst-watch: error: no Ray cluster answers at 127.0.0.1:", 60)
+        daemon.wait_log("photos are still taken", 30)
+    finally:
+        assert daemon.stop() == 0
+    assert unprefixed(daemon.log) == []

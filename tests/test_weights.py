@@ -12,6 +12,7 @@ import logging
 import shutil
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,13 @@ def source_state(source_features) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def good_ckpt(tmp_path_factory, source_state) -> Path:
-    """A torchvision-keyed checkpoint, with a classifier key that must be ignored."""
+def good_ckpt(tmp_path_factory, source_state) -> Iterator[Path]:
+    """A torchvision-keyed checkpoint, with a classifier key that must be ignored (80 MB: removed after the module,
+    even when a test failed)."""
     path = tmp_path_factory.mktemp("ckpt") / "vgg19-good.pth"
     torch.save({**source_state, "classifier.6.bias": torch.zeros(1000)}, path)
-    return path
+    yield path
+    path.unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -45,6 +46,7 @@ from ..darkroom import Darkroom, to_pixels, to_tensor
 from ..engine.pyramid import output_size, resize
 from ..errors import NstWatchError
 from ..jobs import Ledger
+from ..logs import adopt
 from ..service.worker import Cancelled, EngineLost, Worker
 from .actor import Stylist
 
@@ -68,25 +70,27 @@ def connect(address: str) -> None:
     """Join the Ray cluster at `address` as a driver; ClusterError naming the address and the fix.
 
     `address`: "auto" (the cluster this machine joined with `ray start`),
-    HOST:PORT of the head's GCS, or ray://HOST:PORT (Ray Client).
+    HOST:PORT of the head's GCS, or ray://HOST:PORT (Ray Client). Token
+    authentication follows the cluster (_follow_auth). Ray's own log
+    records go through nst-watch's handler, at warnings.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a studio daemon does not report usage
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ retry chatter stays out of the journal
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ retry chatter: errors only, even in its file
+    adopt("ray")  # importing ray gave its logger a handler of its own, in Ray's format
     fix = ("check cluster.address (or --ray) for a typo; start the cluster with `ray start --head` on its head "
            "machine and `ray start --address=HEAD:6379` on this one (README \"Several machines\")")
     _reachable(address, fix)
+    _follow_auth(address)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         # log_to_driver off: the actors' output and Ray's own stay in Ray's log folder on each machine;
         # what matters to an operator (an engine that will not start, one lost) nst-watch logs itself.
-        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, include_dashboard=False,
-                 log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        if "InvalidAuthToken" in f"{exc} {exc.__cause__}":  # Ray says so only deep in its chained errors
-            raise ClusterError(
-                f"the Ray cluster at {address} refused nst-watch: it wants the cluster's token. Fix: run nst-watch "
-                "with RAY_AUTH_MODE=token and the token `ray start` used (the same ~/.ray/auth_token for this "
-                "user, or RAY_AUTH_TOKEN_PATH); see README \"Several machines\"") from None
+        ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    except Exception as exc:  # noqa: BLE001 - whatever ray.init raises, the message names the cluster and a fix
+        # Ray says so only deep in its chained errors, or (RAY_AUTH_MODE=token, no token) as AuthenticationError.
+        if "InvalidAuthToken" in f"{exc} {exc.__cause__}" or type(exc).__name__ == "AuthenticationError":
+            raise ClusterError(_refused(address)) from None
         raise ClusterError(f"cannot join the Ray cluster at {address}: {exc}. Fix: {fix}") from None
     finally:
         # ray.init installs its own SIGTERM handler (sys.exit at once): the daemon's let running
@@ -111,6 +115,84 @@ def _reachable(address: str, fix: str) -> None:
         socket.create_connection((host, port), timeout=5).close()
     except OSError as exc:
         raise ClusterError(f"no Ray cluster answers at {address} ({exc}). Fix: {fix}") from None
+
+
+def _token_source() -> str:
+    """Where Ray reads this user's cluster token, in Ray's own order of precedence (docs: "Token Authentication")."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return os.environ["RAY_AUTH_TOKEN_PATH"]
+    return str(Path.home() / ".ray" / "auth_token")
+
+
+def _refused(address: str) -> str:
+    """The message for a cluster that refuses this driver's token (or its lack of one), with the fix."""
+    source = _token_source()
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        held = "RAY_AUTH_MODE=disabled is set for nst-watch"
+        fix = "unset RAY_AUTH_MODE (or set it to token)"
+    elif source == "RAY_AUTH_TOKEN" or Path(source).is_file():
+        held = f"the token in {source} is not the one the cluster was started with"
+        fix = f"put the cluster's token (`ray get-auth-token` on the head prints it) in {source} and chmod 600 it"
+    else:
+        held = f"this user has no token ({source} does not exist)"
+        fix = (f"copy the head's ~/.ray/auth_token (`ray get-auth-token` there prints it) to {source} and chmod 600 "
+               "it, or point RAY_AUTH_TOKEN_PATH at a copy")
+    return (f"the Ray cluster at {address} wants its token and refused nst-watch: {held}. Fix: {fix}; "
+            "see README \"Several machines\"")
+
+
+def _follow_auth(address: str) -> None:
+    """Speak the cluster's authentication: its token when it wants one, none when it does not.
+
+    Ray 2.60 (authentication_token_setup.py): `ray start --head` turns
+    token authentication on by itself once the user has a token (any
+    earlier `ray.init()` writes ~/.ray/auth_token); a driver does the same
+    only for address "auto" and whether or not the cluster wants it (a
+    driver in token mode joins a cluster without authentication, but its
+    actors never start); with HOST:PORT it stays off and is refused. So
+    unless RAY_AUTH_MODE is set (the user's choice stands), the head is
+    asked first, with a GCS handshake that takes milliseconds, and
+    RAY_AUTH_MODE is set for this process to what it answered. A refusal
+    that no token of this user's can fix is a ClusterError at once; a Ray
+    without token authentication (before 2.52), or a head that does not
+    answer, is left to ray.init.
+    """
+    if os.environ.get("RAY_AUTH_MODE") or "://" in address:
+        return
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+        from ray._raylet import AuthenticationTokenLoader, Config, GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:
+        return
+    try:
+        gcs = canonicalize_bootstrap_address(address)
+        host, _, port = gcs.rpartition(":")
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()  # else the handshake waits 40 s
+    except Exception:  # noqa: BLE001 - no head found or listening: ray.init says why
+        return
+
+    def admitted() -> bool | None:
+        """Whether the head lets this process in, as its auth mode now stands (None: no answer either way)."""
+        try:
+            GcsClient(address=gcs)
+        except AuthenticationError:
+            return False
+        except Exception:  # noqa: BLE001 - a head that does not answer: ray.init says why
+            return None
+        return True
+
+    answer = admitted()
+    if answer is None:
+        return
+    if not answer and not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        raise ClusterError(_refused(address))
+    os.environ["RAY_AUTH_MODE"] = "disabled" if answer else "token"  # as Ray turns it on: the variable,
+    Config.initialize("")  # then its config read again
+    if not answer and admitted() is False:
+        raise ClusterError(_refused(address))
 
 
 def gpus_in_cluster() -> int:

@@ -38,6 +38,7 @@ LOOP_SECONDS = 0.2
 # Loading the engine (torch import, weights, a CUDA context) can take minutes on
 # a cold machine; the "starting" live file promises no update for that long.
 STARTING_STALE_SECONDS = 600.0
+RAY_OUTPUT = "ray-driver.log"  # in state_dir: what Ray itself writes in the dispatcher's process
 
 
 def _need_ray() -> None:
@@ -171,6 +172,10 @@ class Daemon:
         self.cluster.start()
 
     def _start_dispatcher(self, config: Config) -> None:
+        from ..logs import divert_native_output
+
+        # Before Ray loads: its C++ core's lines and the cluster's error prints go to this file, not the log.
+        divert_native_output(config.state_dir / RAY_OUTPUT)
         from ..cluster.dispatcher import Dispatcher  # ray and torch are imported here, and only here
         from .cluster import follow_parent
 
