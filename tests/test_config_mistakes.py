@@ -37,8 +37,9 @@ def case(name: str, folder: Path) -> Path:
 
 
 def problems(stderr: str) -> list[str]:
-    """The problem lines of a ConfigError as the CLI prints it."""
-    return [line.strip()[2:] for line in stderr.splitlines() if line.strip().startswith("- ")]
+    """The problem lines of a ConfigError as the CLI prints it (off a terminal each line has its <3> priority)."""
+    lines = (re.sub(r"^<\d>", "", line).strip() for line in stderr.splitlines())
+    return [line[2:] for line in lines if line.startswith("- ")]
 
 
 @pytest.fixture
