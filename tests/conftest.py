@@ -44,6 +44,25 @@ def synthetic_painting(height: int = 64, width: int = 64, seed: int = 1) -> np.n
     return np.clip(np.stack(channels, axis=-1), 0, 1).astype(np.float32)
 
 
+def nest_folders(base, length: int) -> tuple[str, int]:
+    """Folders of 200-byte names nested in `base` (made if missing) until the path reaches `length` bytes.
+
+    -> (the deepest folder's path, an open descriptor of it: the caller
+    closes it). Made through descriptors, so the path may be longer than
+    PATH_MAX (4096 bytes), where path-based calls fail with ENAMETOOLONG;
+    write files into it with `os.open(name, ..., dir_fd=fd)`.
+    """
+    os.makedirs(base, exist_ok=True)
+    path, fd, depth = os.fspath(base), os.open(base, os.O_DIRECTORY), 0
+    while len(os.fsencode(path)) < length:
+        name = f"{depth:02d}" + "d" * 198
+        os.mkdir(name, dir_fd=fd)
+        child = os.open(name, os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        path, fd, depth = f"{path}/{name}", child, depth + 1
+    return path, fd
+
+
 @pytest.fixture(scope="session")
 def random_engine():
     """One resident engine with seeded random weights, shared by the engine tests."""
