@@ -312,7 +312,7 @@ def test_a_raw_libraw_cannot_read_keeps_its_error_even_when_tifffile_could_read_
     assert "LibRaw cannot read this camera RAW file" in info.value.reason and "DNG Converter" in info.value.fix
 
 
-def test_field_case_tiff_named_dng_is_stylised_and_taken_by_the_daemon(tmp_path):
+def test_field_case_tiff_named_dng_is_stylised(tmp_path):
     cases = Path(__file__).resolve().parent / "field_cases"
     subprocess.run([sys.executable, str(cases / "tiff-named-dng.py"), str(tmp_path)], check=True,
                    capture_output=True)
@@ -323,6 +323,19 @@ def test_field_case_tiff_named_dng_is_stylised_and_taken_by_the_daemon(tmp_path)
     assert records["scan.dng"]["error"] is None and (tmp_path / records["scan.dng"]["output"]).exists()
     assert any("named .dng but is a plain TIFF" in n for n in records["scan.dng"]["notes"])
     assert "LibRaw" not in done.stderr.replace("(LibRaw: not a RAW file)", "")
+
+
+def test_the_daemon_takes_a_plain_tiff_named_dng(tmp_path):
+    studio = Studio(tmp_path, presets=("a",))
+    daemon = studio.start().wait_ready()
+    try:
+        plain_tiff(tmp_path / "scan.dng").rename(studio.inbox / "scan.dng")
+        wait_until(lambda: (studio.processed / "scan.dng").exists(), what="the scan done and moved")
+    finally:
+        assert daemon.stop() == 0
+    assert [p.name for p in studio.outputs()] == ["scan-a.jpg"] and not studio.failed.exists()
+    [job] = studio.jobs()
+    assert job.state == "done" and job.bucket == "32x24"
 
 
 # --- what LibRaw prints (issue 21, item 5) ----------------------------------------------------------

@@ -12,6 +12,12 @@ kept per watch with its reason, logged once (then at debug level), listed by
 soon as an entry is fixed or removed. What was skipped because of a passing
 state (permissions, a lock, a read error) is looked at again on the next
 event for it, as soon as it changes, and at every reconcile scan.
+
+A settled file is sniffed as it is hashed: what is no image nst-watch reads
+fails there and then (its jobs recorded failed, the file moved to failed/),
+instead of waiting in the queue for a worker to find out. A name taken for
+content that is still being processed under another name (a hard link, a
+copy) is moved, as the watch says, once that content is finished.
 """
 
 from __future__ import annotations
