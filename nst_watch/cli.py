@@ -18,7 +18,7 @@ import click
 from . import __version__
 from .config import (DEFAULT_HTTP, Config, EngineSettings, load_config, parse_budget, parse_http,
                      preset_from_styles, with_overrides)
-from .errors import EXIT_FAILURE, ConfigError, NstWatchError
+from .errors import EXIT_FAILURE, ConfigError, NstWatchError, PhotoError
 from .logs import fatal_line, setup_logging
 from .service.status import RECENT
 
@@ -447,6 +447,7 @@ def status(config_path: Path, as_json: bool, recent: int) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def submit(config_path: Path, files, presets, out_dir: Path, as_json: bool) -> None:
     """Queue FILES for a running daemon (from Lightroom, a script, ...). Originals are never moved."""
+    from .photo.decode import sniff
     from .service.identity import file_sha256, preset_hash, size_bucket
 
     config = load_config(config_path)
@@ -458,6 +459,14 @@ def submit(config_path: Path, files, presets, out_dir: Path, as_json: bool) -> N
             if not path.is_file() or path.is_symlink():
                 log.error("%s: not a regular file; not queued", path)
                 records.append({"file": str(path), "error": "not a regular file"})
+                bad += 1
+                continue
+            try:  # what is no photo fails here, at once, rather than once per preset in the queue
+                with open(path, "rb") as f:
+                    sniff(path, f)
+            except PhotoError as exc:
+                log.error("%s; not queued", exc)
+                records.append({"file": str(path), "error": str(exc)})
                 bad += 1
                 continue
             sha = file_sha256(path)

@@ -13,6 +13,8 @@ import hashlib
 import io
 import ipaddress
 import json
+import logging
+import math
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -22,6 +24,8 @@ from pydantic import (BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, P
                       ValidationError, field_validator, model_validator)
 
 from .errors import ConfigError
+
+log = logging.getLogger("nst_watch.config")
 
 _VALID_LAYERS = {
     f"{kind}{block}_{i}"
@@ -897,6 +901,8 @@ def resolve_preset(preset: Preset, base: Path, *, source: str, key: str, text: s
         problem = style_size_problem(preset, size)
         if problem:
             found.append(f"{where}: style image {path} {problem}")
+        else:
+            warn_enlarged_style(preset, path, size)
     need = min_edge([*preset.content_layers, *preset.style_layers])
     if preset.size != "full" and preset.size < need:
         layer = deepest([*preset.content_layers, *preset.style_layers])
@@ -953,6 +959,67 @@ def style_size_problem(preset: Preset, size: tuple[int, int]) -> str | None:
     return (f"is {width}x{height}: scaled to size {preset.size} x style_scale {preset.style_scale:g} it becomes "
             f"{scaled[0]}x{scaled[1]}, too small for layer {deepest(preset.style_layers)}, which needs {need} px "
             f"on the short edge. Fix: {fix}")
+
+
+# Above this long edge a style image is not enlarged past its own pixels (see style_long_edge).
+STYLE_EDGE = 1024
+# A style image enlarged more than this paints blur: its brush strokes and
+# grain spread over several output pixels, and its Grams describe the blur.
+STYLE_BLUR_FACTOR = 2.0
+_warned_styles: set[tuple] = set()
+
+
+def style_long_edge(edge: int, style_scale: float, own: int) -> int:
+    """The long edge, in px, a style image whose own long edge is `own` gets at a scale of long edge `edge`.
+
+    edge x style_scale; above STYLE_EDGE (1024 px) not past its own pixels
+    (a small painting blown up to a 6000 px photo's size is mush) nor past
+    twice that (more pixels cost a longer Gram pass and add no texture), and
+    never below STYLE_EDGE either. Up to 1024 px the style scales with the
+    photo. Used by the engine (Engine._style_size) and the enlargement warning.
+    """
+    long_edge = max(1, round(edge * style_scale))
+    if long_edge > STYLE_EDGE:
+        long_edge = max(STYLE_EDGE, min(long_edge, own, 2 * STYLE_EDGE))
+    return long_edge
+
+
+def style_enlargement(preset: Preset, size: tuple[int, int]) -> str | None:
+    """Why a style image of `size` (width, height) comes out blurry at `preset`'s size, or None.
+
+    Blurry: enlarged more than STYLE_BLUR_FACTOR (2x) on its long edge at the
+    full-size scale. With `size: full` the photo's size is unknown; a style
+    image is then enlarged at most to STYLE_EDGE (1024 px) on the long edge,
+    which is what is judged. The text gives the size it is enlarged to and
+    the size from which it is not blurry.
+    """
+    width, height = size
+    own = max(width, height)
+    edge = 2 * STYLE_EDGE if preset.size == "full" else preset.size
+    long_edge = style_long_edge(edge, preset.style_scale, own)
+    factor = long_edge / own
+    if factor <= STYLE_BLUR_FACTOR:
+        return None
+    scaled = [max(1, round(e * long_edge / own)) for e in (width, height)]
+    at = ("size: full (up to 1024 px for a style image this small)" if preset.size == "full"
+          else f"size {preset.size} x style_scale {preset.style_scale:g}")
+    sharp = math.ceil(long_edge / STYLE_BLUR_FACTOR)
+    return (f"is {width}x{height} px: at {at} it is enlarged {factor:.3g}x, to {scaled[0]}x{scaled[1]}, so it "
+            f"gives blur rather than its texture. It stops being blurry at {sharp} px on the long edge "
+            f"({long_edge} px: not enlarged at all); use a larger scan or export of the style image")
+
+
+def warn_enlarged_style(preset: Preset, path: Path, size: tuple[int, int]) -> None:
+    """Log `style_enlargement`'s warning for one style image of `preset`, once per process and setting.
+
+    A warning, not a problem: a blurry style is a choice that still works.
+    """
+    text = style_enlargement(preset, size)
+    key = (preset.name, str(path), tuple(size), preset.size, preset.style_scale)
+    if text is None or key in _warned_styles:
+        return
+    _warned_styles.add(key)
+    log.warning("preset %r: style image %s %s", preset.name, path, text)
 
 
 def preset_from_styles(styles: list[str], **settings: Any) -> Preset:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import __version__, photo as photo_io
-from .config import EngineSettings, Preset, deepest, min_edge, style_size_problem
+from .config import EngineSettings, Preset, deepest, min_edge, style_size_problem, warn_enlarged_style
 from .engine import Engine, StylizeResult, output_size
 from .engine.pyramid import fit_size
 from .errors import EngineError, PhotoError, PresetError
@@ -104,7 +104,8 @@ class Darkroom:
         """The preset's style images as tensors, cached by path, size and mtime.
 
         PresetError (naming the preset and the file) when one is missing,
-        unreadable, or too small for the style layers at the preset's size.
+        unreadable, or too small for the style layers at the preset's size;
+        a warning (logged once) when one is enlarged so much that it blurs.
         """
         images = []
         for i, style in enumerate(preset.styles):
@@ -117,9 +118,11 @@ class Darkroom:
                     raise PresetError(f"preset {preset.name!r}: style image {exc}") from None
                 self._styles[key] = to_tensor(loaded.pixels)
             image = self._styles[key]
-            problem = style_size_problem(preset, (image.shape[-1], image.shape[-2]))
+            size = (image.shape[-1], image.shape[-2])
+            problem = style_size_problem(preset, size)
             if problem:
                 raise PresetError(f"preset {preset.name!r}: style image {style.path} {problem}")
+            warn_enlarged_style(preset, style.path, size)  # once per process, as validation may have
             images.append(image)
         return images
 

@@ -447,31 +447,41 @@ class Ledger:
         output_dir: str | os.PathLike | None = None,
         bucket: str | None = None,
         priority: int = 0,
+        error: str | None = None,
     ) -> AddResult:
         """Enqueue one (photo, preset) job, or return the existing one unchanged.
 
         The same (sha256, preset, preset_hash) again gives created=False and the
         existing job whatever its state (done, failed and dead included): a
         changed preset hash is what makes a photo run again, not a rescan.
+
+        With `error` (a file the intake already knows no worker can read, such
+        as one that is no image) the new job is recorded failed at once with
+        that error, its one attempt spent, so it never waits in the queue;
+        `retry` queues it like any failed job.
         """
         for name, value in (("sha256", sha256), ("preset", preset), ("preset_hash", preset_hash)):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty string, not {value!r}")
         key = (sha256, preset, preset_hash)
+        state, attempts = (PENDING, 0) if error is None else (FAILED, 1)
         with self._write() as conn:
             now = self._clock()
             cursor = conn.execute(
                 """INSERT INTO jobs (sha256, preset, preset_hash, source_path, watch, output_dir, bucket,
-                                     state, max_attempts, available_at, created_at, updated_at, priority)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)
+                                     state, attempts, error, finished_at, max_attempts, available_at,
+                                     created_at, updated_at, priority)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (sha256, preset, preset_hash) DO NOTHING""",
-                (*key, _path_in(source_path), watch, _path_in(output_dir),
-                 bucket, self.max_attempts, now, now, now, int(priority)),
+                (*key, _path_in(source_path), watch, _path_in(output_dir), bucket, state, attempts,
+                 _text_in(error), None if error is None else now, self.max_attempts, now, now, now, int(priority)),
             )
             created = cursor.rowcount == 1
             (job,) = self._select(conn, "sha256 = ? AND preset = ? AND preset_hash = ?", key)
             if created:
                 self._event(conn, job, now, PENDING, 0, f"added from {job.source_path}")
+                if error is not None:
+                    self._event(conn, job, now, FAILED, 1, f"permanent error: {error}")
         return AddResult(job, created)
 
     def claim(self, owner: str, *, limit: int = 1, presets: Collection[str] | None = None) -> list[Job]:

@@ -69,6 +69,25 @@ def _no_bulk_left(request):
             pass  # a file a process still writes, or one gone already: best effort
 
 
+def nest_folders(base, length: int) -> tuple[str, int]:
+    """Folders of 200-byte names nested in `base` (made if missing) until the path reaches `length` bytes.
+
+    -> (the deepest folder's path, an open descriptor of it: the caller
+    closes it). Made through descriptors, so the path may be longer than
+    PATH_MAX (4096 bytes), where path-based calls fail with ENAMETOOLONG;
+    write files into it with `os.open(name, ..., dir_fd=fd)`.
+    """
+    os.makedirs(base, exist_ok=True)
+    path, fd, depth = os.fspath(base), os.open(base, os.O_DIRECTORY), 0
+    while len(os.fsencode(path)) < length:
+        name = f"{depth:02d}" + "d" * 198
+        os.mkdir(name, dir_fd=fd)
+        child = os.open(name, os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        path, fd, depth = f"{path}/{name}", child, depth + 1
+    return path, fd
+
+
 @pytest.fixture(scope="session")
 def random_engine():
     """One resident engine with seeded random weights, shared by the engine tests."""

@@ -136,6 +136,40 @@ def test_the_error_line_carries_its_syslog_priority_off_a_terminal_and_none_on_o
     assert text.startswith("nst-watch: error: ") and "<3>" not in text and "stlye_weight" in text
 
 
+# --- a style image so small it is enlarged into blur (issue 21, item 10) ---------------------------
+
+
+def test_validate_warns_about_a_tiny_style_image_without_failing(tmp_path):
+    Image.new("RGB", (8, 8), (180, 40, 30)).save(tmp_path / "tiny.png")
+    save(synthetic_painting(300, 300), tmp_path / "fine.png")  # 1.7x at 512: sharp enough, no warning
+    (tmp_path / "config.yaml").write_text(
+        "presets:\n"
+        "  big:\n    styles: [tiny.png]\n    size: 512\n"
+        "  fine:\n    styles: [fine.png]\n    size: 512\n"
+        "  full:\n    styles: [tiny.png]\n    size: full\n    style_scale: 0.5\n"
+    )
+    result = nst("validate", "-c", "config.yaml", cwd=tmp_path)
+    assert result.returncode == 0 and "ok (3 presets)" in result.stdout
+    tiny = tmp_path / "tiny.png"
+    assert (f"preset 'big': style image {tiny} is 8x8 px: at size 512 x style_scale 1 it is enlarged 64x, to "
+            "512x512, so it gives blur rather than its texture. It stops being blurry at 256 px on the long edge "
+            "(512 px: not enlarged at all)") in result.stderr
+    assert f"preset 'full': style image {tiny} is 8x8 px: at size: full (up to 1024 px" in result.stderr
+    assert "fine.png" not in result.stderr and result.stderr.count("WARNING") == 2
+
+
+def test_stylize_warns_once_about_a_tiny_style_image(tmp_path):
+    Image.new("RGB", (8, 8), (180, 40, 30)).save(tmp_path / "tiny.png")
+    for i in range(2):
+        save(synthetic_photo(40, 48, seed=i), tmp_path / f"p{i}.jpg")
+    result = nst("stylize", "p0.jpg", "p1.jpg", "--style", "tiny.png", "--size", 48, "--batch", 1, "--out-dir", "out",
+                 *FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("tiny.png is 8x8 px") == 1  # validation and the darkroom: said once
+    assert "enlarged 6x, to 48x48" in result.stderr
+    assert len(list((tmp_path / "out").iterdir())) == 2
+
+
 # --- 3. a photo too thin for the output size among good ones ----------------------------------
 
 

@@ -131,3 +131,21 @@ def test_soak_random_sigkills_lose_and_duplicate_nothing(tmp_path):
     assert studio.leftovers() == []  # no .nst-tmp-* or .nst-stage-* anywhere in the output folder
     assert not list(studio.inbox.glob("*.jpg"))  # every original accounted for: all in processed/
     assert len(studio.jobs()) == 12
+
+
+def test_a_tiny_style_image_is_warned_about_once_and_still_used(tmp_path):
+    studio = Studio(tmp_path, presets=("a",), service={"batch": 1}, preset_settings={"size": 48})
+    style = Path(studio.presets["a"]["styles"][0])
+    Image.new("RGB", (8, 8), (180, 40, 30)).save(style)  # enlarged 6x at size 48
+    daemon = studio.start().wait_ready()
+    try:
+        photo(studio.inbox / "one.jpg", seed=1)
+        wait_until(all_done(studio, 1), what="the first photo done")
+        daemon.signal(signal.SIGHUP)  # validated again: not said again
+        daemon.wait_log("config reloaded")
+        photo(studio.inbox / "two.jpg", seed=2)
+        wait_until(all_done(studio, 2), what="the second photo done")
+    finally:
+        assert daemon.stop() == 0
+    assert daemon.log.count(f"preset 'a': style image {style} is 8x8 px") == 1
+    assert "enlarged 6x, to 48x48" in daemon.log and "It stops being blurry at 24 px" in daemon.log

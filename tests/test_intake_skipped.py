@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -19,7 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from conftest import nest_folders
 from daemon_kit import DaemonProcess, Studio, photo, wait_until
 
 pytestmark = pytest.mark.slow
@@ -249,3 +252,119 @@ def test_folder_that_cannot_be_listed_is_listed_and_scanned_once_it_can(tmp_path
     finally:
         locked.chmod(0o755)
         assert daemon.stop() == 0
+
+
+# --- folders nested past the path limit (issue 21, item 5) -------------------------------------------
+
+
+def test_a_folder_nested_past_the_path_limit_is_listed_with_the_fix(tmp_path):
+    studio = Studio(tmp_path, presets=("a",), watch={"recursive": True})
+    photo(studio.inbox / "shallow.jpg", seed=1)
+    # A tree nested past PATH_MAX (4096 bytes with its NUL): its first folder past it cannot be listed.
+    deep, fd = nest_folders(studio.inbox / "deep", 4300)
+    os.close(fd)
+    parts = deep.split("/")
+    blocked = next(p for p in ("/".join(parts[:i]) for i in range(2, len(parts) + 1)) if len(os.fsencode(p)) > 4095)
+    # A folder that can be listed, holding a file whose own path is one byte too long to be read.
+    near, fd = nest_folders(studio.inbox / "long", 3850)
+    name = "x" * (4096 - len(os.fsencode(near)) - 4) + ".jpg"  # near + "/" + name: 4097 bytes
+    try:
+        out = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, photo(tmp_path / "staging" / "p.jpg", seed=2).read_bytes())
+        os.close(out)
+    finally:
+        os.close(fd)
+    daemon = studio.start(role="watch").wait_ready()
+    try:
+        listed = wait_until(lambda: len(found := not_taken(studio)) == 2 and found,
+                            what="the deep folder and the long file listed")
+    finally:
+        assert daemon.stop() == 0
+    size = len(os.fsencode(blocked))
+    assert listed[os.path.relpath(blocked, studio.inbox)] == (
+        f"cannot list: the path is {size} bytes, longer than the 4095 the system allows (shorten the names of the "
+        "folders on the way to it, or move it up, nearer to the watched folder)")
+    long_file = listed[os.path.relpath(f"{near}/{name}", studio.inbox)]
+    assert long_file == ("cannot read: the path is 4097 bytes, longer than the 4095 the system allows (shorten "
+                         "the names of the folders on the way to it, or move it up, nearer to the watched folder)")
+    assert "File name too long" not in daemon.log and daemon.log.count("cannot list: the path is") == 1
+    assert sources(studio) == {"shallow.jpg"}
+
+
+# --- what is no image fails the moment it settles (issue 21, item 10) ---------------------------------
+
+
+def test_a_file_that_is_no_image_fails_at_intake_with_one_reason_while_photos_queue(tmp_path):
+    """The watcher alone (no worker): a queued job would wait for ever; what is no image must not wait."""
+    from raw_kit import make_dng, make_heic
+
+    studio = Studio(tmp_path, presets=("a", "b"))
+    daemon = studio.start(role="watch").wait_ready()
+    try:
+        (studio.inbox / "notes.jpg").write_text("shopping list: film, fixer\n")
+        Image.new("RGB", (8, 8)).save(studio.inbox / "clip.png", format="GIF")
+        photos = {"p.jpg", "p.png", "p.tif", "p.webp", "p.heic", "p.dng", "DSC_1.NEF"}
+        for name in ("p.jpg", "p.png", "p.tif", "p.webp"):  # each in the format its name says
+            Image.open(photo(tmp_path / "staging" / "p.jpg", seed=3)).save(tmp_path / "staging" / name)
+            os.rename(tmp_path / "staging" / name, studio.inbox / name)
+        make_heic(studio.inbox / "p.heic")
+        make_dng(studio.inbox / "p.dng")
+        (studio.inbox / "DSC_1.NEF").write_bytes(b"II*\x00" + os.urandom(3000))  # a RAW's name: LibRaw decides
+        wait_until(lambda: (studio.failed / "notes.jpg.error.txt").exists()
+                   and (studio.failed / "clip.png.error.txt").exists(), what="both failed at once")
+        names = photos | {"notes.jpg", "clip.png"}
+        wait_until(lambda: {os.path.basename(j.source_path) for j in studio.jobs()} >= names, timeout=30,
+                   what="every file recorded")
+    finally:
+        assert daemon.stop() == 0
+    jobs = studio.jobs()
+    for job in jobs:
+        name = os.path.basename(job.source_path)
+        if name in photos:
+            assert job.state == "pending", name
+            continue
+        assert job.state == "failed" and job.attempts == 1, name
+        with studio.ledger() as ledger:
+            assert "leased" not in [e.state for e in ledger.history(job.id)]  # never queued for a worker
+    notes = [j for j in jobs if j.source_path.endswith("notes.jpg")]
+    assert len(notes) == 2 and all("not a JPEG/PNG/TIFF/WebP image" in j.error for j in notes)
+    assert all("GIF images are not supported" in j.error for j in jobs if j.source_path.endswith("clip.png"))
+    report = (studio.failed / "notes.jpg.error.txt").read_text()
+    assert "not a JPEG/PNG/TIFF/WebP image" in report and "renaming a file does not convert it" in report
+    assert daemon.log.count("notes.jpg: not a JPEG/PNG/TIFF/WebP image") == 1  # one line, not one per preset
+    assert not (studio.inbox / "notes.jpg").exists() and (studio.failed / "notes.jpg").exists()
+
+
+def test_submit_refuses_what_is_no_image_at_once(tmp_path):
+    studio = Studio(tmp_path, presets=("a",))
+    junk = tmp_path / "export.jpg"
+    junk.write_bytes(b"%PDF-1.7 not a photo")
+    good = photo(tmp_path / "good.jpg", seed=4)
+    result = nst("submit", "-c", studio.config, junk, good, "-p", "a", "--json")
+    assert result.returncode == 1
+    records = json.loads(result.stdout)
+    assert records[0]["file"] == str(junk) and "PDF images are not supported" in records[0]["error"]
+    assert "export.jpg: PDF images are not supported" in result.stderr and "not queued" in result.stderr
+    assert [os.path.basename(j.source_path) for j in studio.jobs()] == ["good.jpg"]
+    assert junk.exists()  # submitted files are never moved
+
+
+# --- a second name for the same photo (issue 21, item 5) ------------------------------------------------
+
+
+def test_other_names_for_a_photo_are_moved_when_it_is_done_not_at_the_next_rescan(tmp_path):
+    studio = Studio(tmp_path, presets=("a",), service={"reconcile_seconds": 3600})
+    daemon = studio.start().wait_ready()
+    try:
+        original = photo(tmp_path / "staging" / "a.jpg", seed=5)
+        os.link(original, tmp_path / "staging" / "b.jpg")  # a hard link: one inode, two names
+        shutil.copy(original, tmp_path / "staging" / "c.jpg")  # a copy: same content, its own inode
+        for name in ("a.jpg", "b.jpg", "c.jpg"):
+            os.rename(tmp_path / "staging" / name, studio.inbox / name)
+        wait_until(lambda: {p.name for p in studio.processed.iterdir()} == {"a.jpg", "b.jpg", "c.jpg"}
+                   if studio.processed.exists() else False, timeout=60, what="all three names moved")
+    finally:
+        assert daemon.stop() == 0
+    assert list(studio.inbox.iterdir()) == []
+    assert len(studio.jobs()) == 1 and [p.name for p in studio.outputs()] == ["a-a.jpg"]  # processed once
+    assert daemon.log.count("same content as") == 2  # b and c, each said once

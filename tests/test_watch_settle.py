@@ -6,9 +6,9 @@ import os
 import threading
 
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, nest_folders
 
-from nst_watch.watch import EMPTY, NOT_REGULAR, READY, SYMLINK, SettleTracker
+from nst_watch.watch import EMPTY, NOT_REGULAR, READY, SYMLINK, TOO_LONG, SettleTracker
 
 SETTLE = 2.0
 
@@ -317,3 +317,22 @@ def test_rejections_say_what_the_entry_is(tmp_path, tracker):
     kinds = {r.path.name: (r.kind, stat.S_IFMT(r.mode)) for r in tracker.poll()}
     assert kinds == {"folder.jpg": (NOT_REGULAR, stat.S_IFDIR), "pipe.jpg": (NOT_REGULAR, stat.S_IFIFO),
                      "link.jpg": (SYMLINK, stat.S_IFLNK)}
+
+
+def test_a_path_longer_than_the_system_allows_is_rejected_once_not_left_settling(tmp_path, tracker, clock):
+    # An event can name a file whose path is past PATH_MAX (a 255-byte name in a folder 3900 bytes deep):
+    # lstat fails with ENAMETOOLONG for ever, so waiting would keep it "settling" with no reason given.
+    folder, fd = nest_folders(tmp_path, 3900)
+    name = "x" * 251 + ".jpg"
+    try:
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    path = f"{folder}/{name}"
+    tracker.touch(path)
+    clock.advance(SETTLE + 1)
+    (result,) = tracker.poll()
+    assert result.kind == TOO_LONG and not result.ok and str(result.path) == path
+    assert tracker.pending() == 0
+    tracker.touch(path)  # a later event or scan: already said
+    assert tracker.poll() == [] and tracker.pending() == 0

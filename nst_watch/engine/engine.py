@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import EngineSettings, Preset, deepest, min_edge
+from ..config import EngineSettings, Preset, deepest, min_edge, style_long_edge
 from ..errors import EngineError, PresetError
 from . import color, memory
 from .clock import Clock, ProgressCallback
@@ -42,7 +42,6 @@ from .weights import load_weights
 
 log = logging.getLogger("nst_watch.engine")
 
-STYLE_EDGE = 1024  # see Engine._style_size
 # precision: auto on a GPU runs a scale in bf16 from this many pixels per batch up, in fp32 below. Measured on
 # an H200 through autocast (issue 20): bf16 was slower than fp32 at 512 px batch 1 (12.2 against 9.5 ms an
 # iteration), faster at 1024 px batch 1 (12.8 against 14.6 ms) and at 512 px batch 8 (22.7 against 27.9 ms).
@@ -544,16 +543,12 @@ class Engine:
         enough (a blurrier style for a blurry scale), so the pyramid needs no
         style that the preset itself could not use.
 
-        Above STYLE_EDGE (1024 px) a style is not enlarged past its own pixels
-        (a small painting blown up to a 6000 px photo's size is mush, and its
-        Grams would describe the blur) nor past twice that (more pixels cost
-        a longer Gram pass, tiled under max_memory, and add no texture); it
-        never goes below STYLE_EDGE either. Up to 1024 px
-        nothing changes: the style scales with the photo.
+        Above 1024 px a style is not enlarged past its own pixels nor past
+        2048 px, nor made smaller than 1024 px (config.style_long_edge, which
+        the warning about blurry style images shares); up to 1024 px the
+        style scales with the photo.
         """
-        long_edge = max(1, round(edge * preset.style_scale))
-        if long_edge > STYLE_EDGE:
-            long_edge = max(STYLE_EDGE, min(long_edge, max(hw), 2 * STYLE_EDGE))
+        long_edge = style_long_edge(edge, preset.style_scale, max(hw))
         target = fit_long_edge(*hw, long_edge)
         need = min_edge(preset.style_layers)
         if min(target) >= need:

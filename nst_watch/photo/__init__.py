@@ -4,7 +4,9 @@ Decoding (:func:`load_photo`)
     Allow-listed formats only (JPEG, PNG, TIFF, WebP; HEIC/HEIF through
     pillow-heif; camera RAW through rawpy/LibRaw, developed with the camera
     white balance into 16-bit sRGB), recognised by content, not by name (RAW
-    formats that are plain TIFF containers: by their suffix). Symlinks,
+    formats that are plain TIFF containers: by their suffix; an ordinary TIFF
+    under such a name, which LibRaw says is no RAW, is read as a TIFF, and a
+    name that promises another format than the content is noted). Symlinks,
     FIFOs, devices and empty files are refused from ``lstat`` before anything
     is opened. The pixel count is checked from the header before decoding
     (``max_pixels``), Pillow's DecompressionBombWarning is an error, and the

@@ -15,13 +15,17 @@ the picture is turned upright exactly once (10- and 12-bit HEIC keep their
 precision: bit_depth 16); camera RAW (DNG, CR2, CR3, NEF, ARW, RAF, ORF, RW2
 and the rest of LibRaw's list) through rawpy. A RAW is recognised by content
 (DNGVersion tag, the ORF/RW2/CR3/RAF/CR2 signatures) or, for the TIFF-like
-and unknown content most RAW formats have, by its suffix. Its bytes are read
+and unknown content most RAW formats have, by its suffix; when LibRaw then
+says "not a RAW file" and the content is an ordinary TIFF (no RAW marks), it
+is read as that TIFF, with a note. Its bytes are read
 once from the checked descriptor, hashed, and handed to LibRaw from memory;
 its pixel count is checked from LibRaw's header parse before anything is
 demosaiced. It is developed with the camera's white balance into 16-bit sRGB
 (no auto-brightening: the camera's exposure, the same for every frame of a
 shoot), turned upright by LibRaw from the camera's orientation, and its
-camera, lens, exposure and date become an EXIF block like a JPEG's.
+camera, lens, exposure and date become an EXIF block like a JPEG's. What
+LibRaw prints on stderr while it reads the file is captured and becomes part
+of the error, or a note and a log line naming the photo.
 """
 
 from __future__ import annotations
@@ -35,8 +39,11 @@ import re
 import stat
 import struct
 import sys
+import tempfile
+import threading
 import warnings
 import zlib
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -125,7 +132,7 @@ def load_photo(path, *, max_pixels: int = 100_000_000, formats=DEFAULT_FORMATS) 
     allowed = normalise_formats(formats)
     _check_file(path)
     with _open_regular(path) as f:
-        kind = _sniff(path, f, allowed)
+        kind = sniff(path, f, allowed)
         if kind == "RAW":
             # LibRaw needs the whole file in memory anyway: read it once, so the
             # bytes hashed are exactly the bytes developed.
@@ -136,6 +143,8 @@ def load_photo(path, *, max_pixels: int = 100_000_000, formats=DEFAULT_FORMATS) 
             digest = hashlib.file_digest(f, "sha256").hexdigest()
             f.seek(0)
             fields = _decode(path, f, kind, max_pixels)
+    kind = fields.pop("format", kind)  # a RAW name on a plain TIFF is read as the TIFF it is
+    _note_misnamed(path, kind, fields["notes"])
     return Photo(path=path, format=kind, sha256=digest, **fields)
 
 
@@ -204,6 +213,21 @@ def _magic(head: bytes) -> str | None:
     return None
 
 
+def sniff(path, f, formats=DEFAULT_FORMATS) -> str:
+    """The format `load_photo` would decode `f` as (open at offset 0, left there), from its first bytes.
+
+    One of JPEG, PNG, TIFF, WEBP, HEIF or RAW. Reads a few bytes (a TIFF:
+    its first IFD, to tell a DNG), never pixels, so the daemon can refuse
+    what is no photo the moment it settles. PhotoError (permanent), naming
+    `path`, with the fix: content that is no image at all, an image format
+    nst-watch does not read (GIF, PSD, PDF...; with how to convert it), one
+    outside `formats`, or one whose decoder (pillow-heif, rawpy) is missing.
+    Content without a known signature under a camera RAW name passes as
+    RAW: LibRaw judges it when it is developed.
+    """
+    return _sniff(Path(path), f, normalise_formats(formats))
+
+
 def _sniff(path: Path, f, allowed: tuple[str, ...]) -> str:
     head = f.read(32)
     f.seek(0)
@@ -261,6 +285,27 @@ def _has_dng_version(f) -> bool:
         return False
     finally:
         f.seek(0)
+
+
+# What a file's suffix promises; a content that says otherwise is read as
+# what it is, with a note (the names of other RAW formats promise RAW too).
+_SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
+                   ".webp": "WEBP", ".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF"}
+_FORMAT_WORDS = {"RAW": "a camera RAW", "WEBP": "a WebP", "HEIF": "a HEIF/HEIC"}
+
+
+def _note_misnamed(path: Path, kind: str, notes: list[str]) -> None:
+    """Note a photo whose name promises another format than its content ("named .dng but is a plain TIFF")."""
+    suffix = path.suffix.lower()
+    named = "RAW" if suffix in _RAW_SUFFIXES else _SUFFIX_FORMATS.get(suffix)
+    if named is None or named == kind:
+        return
+    if kind == "TIFF" and named == "RAW":
+        notes.append(f"named {path.suffix} but is a plain TIFF, not a camera RAW (LibRaw: not a RAW file); "
+                     "read as TIFF")
+        return
+    what = _FORMAT_WORDS.get(kind, f"a {kind}")
+    notes.append(f"named {path.suffix} but is {what}; read as {'RAW (developed by LibRaw)' if kind == 'RAW' else kind}")
 
 
 _CONVERT_HINTS = {
@@ -327,7 +372,11 @@ def _decode(path: Path, f, kind: str, max_pixels: int) -> dict:
 def _load(path: Path, f, kind: str, max_pixels: int, notes: list[str]) -> dict:
     """The Photo fields of `f`, from the decoder for `kind` and its bit depth."""
     if kind == "RAW":
-        return _load_raw(path, f, max_pixels, notes)
+        try:
+            return _load_raw(path, f, max_pixels, notes)
+        except _PlainTiff:
+            f.seek(0)
+            return {**_load(path, f, "TIFF", max_pixels, notes), "format": "TIFF"}
     im = _open_image(path, f, kind, max_pixels)
     if kind == "TIFF" and (im is None or max(_tiff_bits(im)) > 8):
         return _load_tiff16(path, f, im, max_pixels, notes)
@@ -369,9 +418,7 @@ def _open_image(path: Path, f, kind: str, max_pixels: int):
 
 def _load_8bit(path: Path, im, kind: str, notes: list[str]) -> dict:
     im.load()
-    frames = getattr(im, "n_frames", 1)
-    if frames > 1:
-        notes.append(f"only the first of {frames} frames/pages was used")
+    _note_frames(im, kind, notes)
     icc = im.info.get("icc_profile") or None
     exif, xmp = _exif_bytes(im, kind), _xmp_bytes(im)
     orientation = _orientation(im)
@@ -390,6 +437,23 @@ def _load_8bit(path: Path, im, kind: str, notes: list[str]) -> dict:
     return dict(pixels=pixels, alpha=alpha, bit_depth=8, icc_profile=icc, color_space=space, exif=exif, xmp=xmp)
 
 
+def _note_frames(im, kind: str, notes: list[str]) -> None:
+    """Say which of several images/pages was used: the first, or a HEIF's primary image.
+
+    A HEIF's primary image is the one its maker chose to show (a burst's
+    pick, a photo beside its depth map or thumbnails), so pillow-heif opens
+    that one, and it need not be the first stored.
+    """
+    frames = getattr(im, "n_frames", 1)
+    if frames <= 1:
+        return
+    if kind == "HEIF":
+        notes.append(f"the HEIF holds {frames} images; its primary image (image {im.tell() + 1}, {im.width}x"
+                     f"{im.height}) was used, as viewers show it")
+    else:
+        notes.append(f"only the first of {frames} frames/pages was used")
+
+
 def displayed_size(path) -> tuple[int, int, str | None]:
     """(width, height, format) of the image at `path` as shown: EXIF orientation applied, a RAW as developed.
 
@@ -404,10 +468,15 @@ def displayed_size(path) -> tuple[int, int, str | None]:
         f.seek(0)
         is_raw = _content_kind(path, f, head) == "RAW"
     if is_raw:
-        return (*_raw_displayed_size(path), "RAW")
+        size = _raw_displayed_size(path)
+        if size is not None:  # else an ordinary TIFF under a RAW name, read as one
+            return (*size, "RAW")
     with Image.open(path) as im:
         width, height = im.size
-        if _orientation(im) in (5, 6, 7, 8):  # turned by 90 degrees
+        # Pillow's TIFF plugin reports the upright size already (it turns
+        # the pixels itself when they load); other formats are turned by
+        # exif_transpose, after opening.
+        if im.format != "TIFF" and _orientation(im) in (5, 6, 7, 8):  # turned by 90 degrees
             width, height = height, width
         return width, height, im.format
 
@@ -619,7 +688,8 @@ def _load_heif16(f, im, notes: list[str]) -> dict:
     """
     f.seek(0)
     heif = pillow_heif.open_heif(f, convert_hdr_to_8bit=False, hdr_to_16bit=False)
-    arr = np.asarray(heif)  # uint16, values up to 2**bit_depth - 1
+    arr = np.asarray(heif)  # the primary image, as `im`: uint16, values up to 2**bit_depth - 1
+    _note_frames(im, "HEIF", notes)
     arr = arr[..., None] if arr.ndim == 2 else arr
     has_alpha = arr.shape[-1] in (2, 4)
     channels = "rgb" if arr.shape[-1] >= 3 else "gray"
@@ -708,11 +778,74 @@ _RAW_SLACK = 64 << 20
 # standard one, Pillow reads their IFD0 and Exif IFD like any TIFF's.
 _TIFF_MAGIC_FOR = {b"IIRO": b"II*\x00", b"IIRS": b"II*\x00", b"IIU\x00": b"II*\x00", b"MMOR": b"MM\x00*",
                    b"II*\x00": b"II*\x00", b"MM\x00*": b"MM\x00*"}
-# Turns LibRaw applies from the camera's orientation (sizes.flip), for the notes.
-_FLIP_NAMES = {3: "180 degrees", 5: "90 degrees counter-clockwise", 6: "90 degrees clockwise"}
+# How LibRaw turns the picture upright (sizes.flip, from the camera's EXIF
+# orientation: bit 4 swaps the axes, bits 1 and 2 mirror), for the notes.
+_FLIP_NAMES = {1: "mirrored left to right", 2: "mirrored top to bottom", 3: "turned 180 degrees",
+               4: "mirrored across its diagonal (EXIF orientation 5)", 5: "turned 90 degrees counter-clockwise",
+               6: "turned 90 degrees clockwise", 7: "mirrored across its anti-diagonal (EXIF orientation 7)"}
+_FLIP_TRANSPOSES = 4
+# IFD0 tags that only a camera RAW's TIFF structure has: DNGVersion, and
+# SubIFDs (where NEF, ARW, PEF... keep the sensor data behind a preview).
+_RAW_TAGS = (50706, 330)
+_RAW_PHOTOMETRIC = (32803, 34892)  # CFA (a mosaic), LinearRaw (a DNG's demosaiced data)
 _ARTIST = 0x013B
 _EXPOSURE_TIME, _F_NUMBER, _ISO, _DATE_ORIGINAL, _FOCAL_LENGTH, _LENS_MAKE, _LENS_MODEL = (
     0x829A, 0x829D, 0x8827, 0x9003, 0x920A, 0xA433, 0xA434)
+# LibRaw's default data and memory error callbacks print these to file
+# descriptor 2, as "<file name or 'unknown file'>: <what>" (rawpy exposes no
+# way to replace them).
+_LIBRAW_LINE = re.compile(r"^(?:.*): (Unexpected end of file|data corrupted at -?\d+|Out of memory in .*)$")
+_LIBRAW_STDERR = threading.Lock()
+
+
+class _PlainTiff(Exception):
+    """LibRaw says "not a RAW file", and the content is an ordinary TIFF: read it as one."""
+
+
+@contextmanager
+def _libraw_said(said: list[str]):
+    """Collect what LibRaw prints on stderr while the block runs into `said`, one message a line.
+
+    LibRaw (C++) writes its data errors ("Unexpected end of file", "data
+    corrupted at N") straight to file descriptor 2, with no file name for a
+    file read from memory, so fd 2 points at a temporary file meanwhile and
+    the caller turns each line into a note or its error, naming the photo.
+    fd 2 belongs to the whole process: one block runs at a time, and any
+    other line written meanwhile (another thread's log record) is written
+    back to the real stderr afterwards, delayed but never lost.
+    """
+    with _LIBRAW_STDERR:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing could be printed anyway
+            yield
+            return
+        with tempfile.TemporaryFile() as sink:
+            try:
+                sys.stderr.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:  # LibRaw's error is raised here too: what it printed belongs in the message
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                _sort_printed(sink.read(), said)
+
+
+def _sort_printed(printed: bytes, said: list[str]) -> None:
+    """LibRaw's lines into `said` ("unexpected end of file"); any other line back to the real stderr."""
+    others = []
+    for line in printed.decode("utf-8", "replace").splitlines(keepends=True):
+        found = _LIBRAW_LINE.match(line.rstrip("\n"))
+        if found:
+            said.append(found.group(1)[0].lower() + found.group(1)[1:])
+        else:
+            others.append(line)
+    if others:
+        os.write(2, "".join(others).encode("utf-8", "replace"))
 
 
 def _read_raw_bytes(path: Path, f, max_pixels: int) -> bytes:
@@ -743,24 +876,40 @@ def _load_raw(path: Path, f, max_pixels: int, notes: list[str]) -> dict:
     darker than the camera's own JPEG, which adds a tone curve). LibRaw
     turns the picture upright from the camera's orientation. The pixel count
     is checked from LibRaw's header parse, before anything is unpacked.
-    PhotoError (permanent) when LibRaw cannot read the file.
+    What LibRaw prints about the data becomes a note (or part of the error).
+    PhotoError (permanent) when LibRaw cannot read the file; _PlainTiff when
+    it is no RAW but an ordinary TIFF under a RAW name.
     """
     exif, xmp = _container_metadata(f.getvalue())
+    said: list[str] = []
     try:
-        with rawpy.imread(f) as raw:
-            sizes = raw.sizes
-            _check_size(path, (sizes.width, sizes.height), max_pixels)
-            if metadata.MAKE not in exif.ifd0:  # e.g. CR3 and RAF, which are not TIFF structures
-                _merge_exif(exif, _preview_exif(raw))  # before unpack(), which lets go of the file's bytes
+        with ExitStack() as closing:
+            # Reading the file (header, preview, sensor data) is where LibRaw
+            # prints; demosaicing, the long part, runs outside that block, so
+            # several threads still develop RAWs side by side.
+            with _libraw_said(said):
+                raw = closing.enter_context(rawpy.imread(f))
+                sizes = raw.sizes
+                _check_size(path, (sizes.width, sizes.height), max_pixels)
+                if metadata.MAKE not in exif.ifd0:  # e.g. CR3 and RAF, which are not TIFF structures
+                    _merge_exif(exif, _preview_exif(raw))  # before unpack(), which lets go of the file's bytes
+                raw.unpack()
             # gamma: sRGB's curve (LibRaw's default is BT.709's), as the sRGB the
             # network works in and the outputs embed expects.
             rgb = raw.postprocess(use_camera_wb=True, output_bps=16, output_color=rawpy.ColorSpace.sRGB,
                                   no_auto_bright=True, gamma=(2.4, 12.92))
             _fill_from_libraw(exif, raw)
+    except rawpy.LibRawFileUnsupportedError as exc:
+        if _ordinary_tiff(f):
+            raise _PlainTiff() from None
+        raise _libraw_failure(path, exc, said) from None
     except rawpy.LibRawError as exc:
-        raise _libraw_failure(path, exc) from None
+        raise _libraw_failure(path, exc, said) from None
     version = ".".join(map(str, rawpy.libraw_version))
     notes.append(f"developed from RAW by LibRaw {version} (camera white balance, sRGB, 16-bit)")
+    for message in dict.fromkeys(said):
+        log.warning("%s: LibRaw warned: %s", path, message)
+        notes.append(f"LibRaw warned: {message} (parts of the picture may be damaged)")
     if sizes.flip:
         notes.append(f"turned upright by LibRaw: {_FLIP_NAMES.get(sizes.flip, f'flip {sizes.flip}')}, "
                      "as the camera recorded")
@@ -772,21 +921,55 @@ def _load_raw(path: Path, f, max_pixels: int, notes: list[str]) -> dict:
                 exif=exif.to_bytes(), xmp=xmp)
 
 
-def _raw_displayed_size(path: Path) -> tuple[int, int]:
-    """(width, height) of the RAW at `path` once developed and turned upright; OSError when LibRaw cannot read it."""
+def _ordinary_tiff(f) -> bool:
+    """True when `f` is a TIFF with none of a camera RAW's marks; `f` is left at offset 0.
+
+    The marks: DNGVersion or SubIFDs in the first IFD, a first IFD that is
+    only a reduced-resolution preview (NewSubfileType bit 0), a CFA or
+    LinearRaw page. A RAW LibRaw does not know (a newer camera) has them,
+    and keeps LibRaw's error rather than being shown as its preview.
+    """
+    f.seek(0)
+    try:
+        with tifffile.TiffFile(f) as tif:
+            tags = tif.pages[0].tags
+            if any(code in tags for code in _RAW_TAGS) or int(tags.valueof(254, 0)) & 1:
+                return False
+            return all(int(page.photometric) not in _RAW_PHOTOMETRIC for page in tif.pages)
+    except (*_DECODE_ERRORS, TypeError, tifffile.TiffFileError):
+        return False
+    finally:
+        f.seek(0)
+
+
+def _raw_displayed_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of the RAW at `path` once developed and turned upright.
+
+    None when LibRaw says it is no RAW and it is an ordinary TIFF (read as
+    one); OSError when LibRaw cannot read it.
+    """
     if rawpy is None:
         raise OSError("a camera RAW file, but the rawpy package (LibRaw) is not installed (pip install rawpy)")
+    said: list[str] = []
     try:
-        try:
-            raw = rawpy.imread(os.fsdecode(path))  # from a path LibRaw reads only the headers it needs
-        except UnicodeEncodeError:  # rawpy hands LibRaw UTF-8 paths only; other names go in whole, from memory
-            with open(path, "rb") as f:
-                raw = rawpy.imread(f)
-        with raw:
-            sizes = raw.sizes
+        with _libraw_said(said):
+            try:
+                raw = rawpy.imread(os.fsdecode(path))  # from a path LibRaw reads only the headers it needs
+            except UnicodeEncodeError:  # rawpy hands LibRaw UTF-8 paths only; other names go in whole, from memory
+                with open(path, "rb") as f:
+                    raw = rawpy.imread(f)
+            with raw:
+                sizes = raw.sizes
+    except rawpy.LibRawFileUnsupportedError as exc:
+        with open(path, "rb") as f:
+            if _ordinary_tiff(f):
+                return None
+        raise OSError(f"LibRaw cannot read it: {_libraw_reason(exc, said)}") from None
     except rawpy.LibRawError as exc:
-        raise OSError(f"LibRaw cannot read it: {_libraw_message(exc)}") from None
-    if sizes.flip in (5, 6):  # turned by 90 degrees
+        raise OSError(f"LibRaw cannot read it: {_libraw_reason(exc, said)}") from None
+    for message in said:  # the size is all we need here; the worker reports the data's trouble
+        log.debug("%s: LibRaw warned while reading the header: %s", path, message)
+    if sizes.flip & _FLIP_TRANSPOSES:  # turned by 90 degrees, or mirrored across a diagonal (EXIF 5 to 8)
         return sizes.height, sizes.width
     return sizes.width, sizes.height
 
@@ -796,8 +979,15 @@ def _libraw_message(exc: Exception) -> str:
     return message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
 
 
-def _libraw_failure(path: Path, exc: Exception) -> PhotoError:
+def _libraw_reason(exc: Exception, said: list[str]) -> str:
+    """LibRaw's error, with what it printed meanwhile ("Input/output error (unexpected end of file)")."""
     message = _libraw_message(exc)
+    printed = [line for line in dict.fromkeys(said) if line.lower() not in message.lower()]
+    return f"{message} ({'; '.join(printed)})" if printed else message
+
+
+def _libraw_failure(path: Path, exc: Exception, said: list[str]) -> PhotoError:
+    message = _libraw_reason(exc, said)
     if isinstance(exc, rawpy.LibRawUnsufficientMemoryError):
         return PhotoError(path, f"not enough memory for LibRaw to develop this RAW ({message})",
                           "lower max_pixels or free memory", permanent=False)

@@ -12,6 +12,12 @@ kept per watch with its reason, logged once (then at debug level), listed by
 soon as an entry is fixed or removed. What was skipped because of a passing
 state (permissions, a lock, a read error) is looked at again on the next
 event for it, as soon as it changes, and at every reconcile scan.
+
+A settled file is sniffed as it is hashed: what is no image nst-watch reads
+fails there and then (its jobs recorded failed, the file moved to failed/),
+instead of waiting in the queue for a worker to find out. A name taken for
+content that is still being processed under another name (a hard link, a
+copy) is moved, as the watch says, once that content is finished.
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config, Watch
-from ..jobs import DEAD, DONE, FAILED, Ledger
+from ..errors import PhotoError
+from ..jobs import DEAD, DONE, FAILED, LEASED, PENDING, Ledger
 from ..photo import clean_temp_files
-from ..watch import DEFAULT_IGNORE, EMPTY, SYMLINK, FolderWatcher, PathFilter, SettleTracker, scan
+from ..photo.decode import sniff
+from ..watch import (DEFAULT_IGNORE, EMPTY, SYMLINK, TOO_LONG, FolderWatcher, PathFilter, SettleTracker,
+                     describe_os_error, path_too_long, scan)
 from .identity import preset_hash, size_bucket
 from .originals import finish_original, recover_originals, retry_moves
 
@@ -89,22 +98,35 @@ class _NotRegular(Exception):
         self.st = st
 
 
-def _hash_regular(path: Path) -> tuple[os.stat_result, str]:
-    """(fstat, sha256) of a regular file, never following a link or blocking on a FIFO.
+def _hash_regular(path: Path) -> tuple[os.stat_result, str, PhotoError | None]:
+    """(fstat, sha256, why it is no photo or None) of a regular file, never following a link or blocking on a FIFO.
 
     The path settled as a regular file, but it may have been replaced since
     (by a symlink to /etc/shadow, by a FIFO that would block this loop
-    forever): O_NOFOLLOW | O_NONBLOCK and an fstat of what was opened.
+    forever): O_NOFOLLOW | O_NONBLOCK and an fstat of what was opened. The
+    same descriptor is sniffed (its first bytes, as the decoder reads them),
+    so a file that is no image is known before anything is queued.
     """
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
         raise _NotRegular(st)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    with open(path, "rb", opener=lambda name, _: os.open(name, flags)) as f:  # named: tifffile wants a name
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise _NotRegular(st)
-        return st, hashlib.file_digest(f, "sha256").hexdigest()
+        try:
+            sniff(path, f)
+            problem = None
+        except PhotoError as exc:
+            problem = exc
+        f.seek(0)
+        return st, hashlib.file_digest(f, "sha256").hexdigest(), problem
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What stays the same while a file's content does (ctime moves when another hard link is removed)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass
@@ -141,6 +163,14 @@ class _WatchState:
         self.rechecked = 0.0
         self.recheck_from = 0
         self.rescan = False  # a folder that could not be listed changed: scan again soon
+        # Names taken while their content's jobs were unfinished, by content:
+        # {sha256: {path: _identity}}. The worker moves a job's own source
+        # once the content is finished; any other name for the same content
+        # (a hard link, a copy, the same photo in a second folder) is moved
+        # here then, not at the next reconcile scan (a link's inode changes
+        # give no event for its other names, and a copy none at all).
+        self.waiting: dict[str, dict[Path, tuple]] = {}
+        self.waited = 0.0
         self.watcher = FolderWatcher(watch.input, self.filter, on_path, polling=watch.polling, name=watch.name,
                                      on_ignored=lambda path, reason: self.noticed.append((path, reason)))
 
@@ -233,6 +263,8 @@ class Intake:
                     self._scan(state)
                 elif self.clock() - state.rechecked >= RECHECK_SECONDS:
                     self._recheck(state)
+                if state.waiting and self.clock() - state.waited >= RECHECK_SECONDS:
+                    self._finish_waiting(state)
                 while state.noticed:
                     path, reason = state.noticed.popleft()
                     self._skip(state, path, reason, _lstat(path), level=logging.INFO)
@@ -282,6 +314,8 @@ class Intake:
             self._ready(state, result.path)
         elif result.kind == EMPTY:
             self._skip(state, result.path, "empty", _lstat(result.path))
+        elif result.kind == TOO_LONG:
+            self._skip(state, result.path, f"cannot read: {path_too_long(result.path)}", None)
         else:
             what = _what(result.mode) or ("a symbolic link" if result.kind == SYMLINK else "not a regular file")
             self._skip(state, result.path, what, _lstat(result.path))
@@ -402,7 +436,7 @@ class Intake:
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                self._skip(state, path, f"cannot read: {exc.strerror or exc}", None, retry=True)
+                self._skip(state, path, f"cannot read: {describe_os_error(path, exc)}", None, retry=True)
                 continue
             sig = _sig(st)
             if state.seen.get(path) == sig:
@@ -452,7 +486,7 @@ class Intake:
             self._skip(state, path, problem, _lstat(path))
             return
         try:
-            st, sha = _hash_regular(path)
+            st, sha, problem = _hash_regular(path)
         except _NotRegular as exc:
             self._skip(state, path, str(exc), exc.st)
             return
@@ -468,10 +502,14 @@ class Intake:
             if what is not None and not stat.S_ISDIR(found.st_mode):
                 self._skip(state, path, what, found)  # replaced by a link or FIFO meanwhile
             else:
-                self._skip(state, path, f"cannot read: {exc.strerror or exc}", found, retry=True)
+                self._skip(state, path, f"cannot read: {describe_os_error(path, exc)}", found, retry=True)
             return
         try:
-            self._enqueue(state, path, sha, presets)
+            if problem is not None:
+                self._reject(state, path, sha, presets, problem)
+            else:
+                self._enqueue(state, path, sha, presets)
+                self._wait_for_content(state, path, sha, st)
         except Exception as exc:
             # The ledger refused it (locked, disk full, a name it cannot store):
             # not taken, so listed, and tried again at the next scan.
@@ -506,3 +544,51 @@ class Intake:
                 log.info("%s: already queued for preset %s (job %d)", path, name, job.id)
         if presets and not created_any:
             finish_original(self.ledger, watch, sha, path, config_path=self.config.path)
+
+    def _reject(self, state: _WatchState, path: Path, sha: str, presets: list[str], problem: PhotoError) -> None:
+        """A file that is no photo nst-watch reads: failed at once, never queued behind real work.
+
+        Each preset's job is recorded failed with the one reason (so `status`,
+        the web view and `retry` see it as any failed photo), and the file
+        goes where the watch puts failed photos (`failed/`, with its
+        .error.txt), or stays where it is when `failed` is off.
+        """
+        watch = state.watch
+        for name in presets:
+            result = self.ledger.add(sha256=sha, preset=name, preset_hash=preset_hash(self.config.presets[name]),
+                                     source_path=path, watch=watch.name, output_dir=watch.output,
+                                     error=str(problem))
+            if not result.created and result.job.state in (FAILED, DEAD):
+                self.ledger.relocate(result.job.id, path)  # dropped again: the report names its new place
+        log.error("%s; not queued", problem)
+        finish_original(self.ledger, watch, sha, path, config_path=self.config.path)
+
+    def _wait_for_content(self, state: _WatchState, path: Path, sha: str, st: os.stat_result) -> None:
+        """Remember a name taken while its content's jobs in this watch are unfinished (see _WatchState.waiting)."""
+        jobs = [j for j in self.ledger.jobs_for(sha) if j.watch == state.watch.name]
+        if any(j.state in (PENDING, LEASED) for j in jobs):
+            state.waiting.setdefault(sha, {})[path] = _identity(st)
+
+    def _finish_waiting(self, state: _WatchState) -> None:
+        """Names whose content is finished: moved (or kept) as the watch says, as its job's own source was.
+
+        A name that is some job's source is the worker's to move; one whose
+        file changed since it was taken (or is gone) is left to its own
+        settle. Runs about once a second, on the main loop.
+        """
+        state.waited = self.clock()
+        for sha in list(state.waiting):
+            jobs = [j for j in self.ledger.jobs_for(sha) if j.watch == state.watch.name]
+            if any(j.state in (PENDING, LEASED) for j in jobs):
+                continue
+            sources = {Path(j.source_path) for j in jobs}
+            for path, identity in state.waiting.pop(sha).items():
+                found = _lstat(path)
+                if path in sources or found is None or _identity(found) != identity:
+                    continue
+                log.info("%s: same content as %s, which is finished", path,
+                         ", ".join(sorted(str(p) for p in sources)))
+                try:
+                    finish_original(self.ledger, state.watch, sha, path, config_path=self.config.path)
+                except Exception:
+                    log.exception("%s: could not move the original", path)

@@ -20,8 +20,8 @@ Typical wiring in the daemon::
 """
 
 from .ignore import DEFAULT_IGNORE, PathFilter
-from .observer import FolderWatcher, scan
-from .settle import EMPTY, NOT_REGULAR, READY, SYMLINK, Ready, SettleTracker
+from .observer import FolderWatcher, describe_os_error, path_too_long, scan
+from .settle import EMPTY, NOT_REGULAR, READY, SYMLINK, TOO_LONG, Ready, SettleTracker
 
 __all__ = [
     "DEFAULT_IGNORE",
@@ -29,9 +29,12 @@ __all__ = [
     "NOT_REGULAR",
     "READY",
     "SYMLINK",
+    "TOO_LONG",
     "FolderWatcher",
     "PathFilter",
     "Ready",
     "SettleTracker",
+    "describe_os_error",
+    "path_too_long",
     "scan",
 ]

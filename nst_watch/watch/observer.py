@@ -70,10 +70,10 @@ def scan(
             continue
         except OSError as exc:
             if on_skip is None:
-                logger.warning("scan: cannot list %s: %s", directory, exc)
+                logger.warning("scan: cannot list %s: %s", directory, describe_os_error(directory, exc))
             else:
                 logger.debug("scan: cannot list %s: %s", directory, exc)
-                on_skip(directory, f"cannot list: {exc.strerror or exc}")
+                on_skip(directory, f"cannot list: {describe_os_error(directory, exc)}")
             continue
         subdirs: list[Path] = []
         for entry in entries:
@@ -89,6 +89,41 @@ def scan(
             elif on_skip is not None and (pattern := path_filter.passed_over(path)) is not None:
                 on_skip(path, f"ignored by pattern {pattern!r}")
         stack.extend(reversed(subdirs))  # depth-first, alphabetical
+
+
+def describe_os_error(path: str | os.PathLike[str], exc: OSError) -> str:
+    """Why `path` cannot be listed or read, in words, with the fix where there is one.
+
+    ENAMETOOLONG ("File name too long") says which limit the path breaks
+    (PATH_MAX for the whole path, NAME_MAX for one name; read with pathconf
+    from its nearest folder that can be reached) and how to get under it;
+    other errors are the system's own words ("Permission denied").
+    """
+    if exc.errno == errno.ENAMETOOLONG:
+        return path_too_long(path)
+    return exc.strerror or str(exc)
+
+
+def path_too_long(path: str | os.PathLike[str]) -> str:
+    """What makes `path` too long for the system (ENAMETOOLONG), and the fix."""
+    raw = os.fsencode(path)
+    path_max, name_max = _limits(Path(os.fsdecode(raw)))
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if longest > name_max:
+        return (f"one of its names is {longest} bytes, more than the {name_max} the file system allows "
+                "(rename it shorter)")
+    return (f"the path is {len(raw)} bytes, longer than the {path_max - 1} the system allows (shorten the "
+            "names of the folders on the way to it, or move it up, nearer to the watched folder)")
+
+
+def _limits(path: Path) -> tuple[int, int]:
+    """(PATH_MAX, NAME_MAX) where `path` lies, from its nearest folder pathconf can reach (Linux: 4096, 255)."""
+    for folder in path.parents:
+        try:
+            return os.pathconf(folder, "PC_PATH_MAX"), os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            continue
+    return 4096, 255
 
 
 def _is_real_dir(entry: os.DirEntry[str]) -> bool:

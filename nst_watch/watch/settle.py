@@ -14,7 +14,8 @@ Symlinks are never followed (a link could point anywhere, e.g. /etc/shadow).
 Results: `poll()` returns one list of `Ready` records. `kind == "ready"` means
 "hand it to the job table"; any other kind is a rejection the daemon should
 log once as a warning: "symlink", "not-regular" (FIFO, socket, device,
-directory) or "empty" (zero bytes for a whole settle window). Each candidate
+directory), "empty" (zero bytes for a whole settle window) or "too-long"
+(its path is longer than the system allows, so it can never be read). Each candidate
 yields at most one record and is then dropped. Vanished files are dropped
 silently.
 
@@ -34,6 +35,7 @@ the daemon moves a file away, so that the same file moved back is new.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -50,9 +52,11 @@ READY = "ready"
 SYMLINK = "symlink"
 NOT_REGULAR = "not-regular"
 EMPTY = "empty"
+TOO_LONG = "too-long"
 
 # (size, mtime_ns, inode, dev, ctime_ns): what must stay still for a file to count as settled.
 Signature = tuple[int, int, int, int, int]
+_NO_SIGNATURE: Signature = (0, 0, 0, 0, 0)  # reported for a path lstat cannot reach (too long)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +64,7 @@ class Ready:
     """One outcome of `SettleTracker.poll`: a settled file, or a rejection.
 
     `kind` is "ready" for a file to process; otherwise the rejection reason
-    ("symlink", "not-regular", "empty"). size/mtime_ns/inode/dev come from the
+    ("symlink", "not-regular", "empty", "too-long"). size/mtime_ns/inode/dev come from the
     `os.lstat` that decided the outcome, so the daemon can later check that
     the file it opens is still the one that settled; `mode` (st_mode) says
     what a "not-regular" entry is (directory, FIFO, socket, device).
@@ -199,6 +203,12 @@ class SettleTracker:
             del self._candidates[key]
             self._reported.pop(key, None)
             return None
+        if isinstance(st, OSError) and st.errno == errno.ENAMETOOLONG:
+            # Never passes: waiting would keep it "settling" for ever. Said once.
+            if self._reported.get(key) == _NO_SIGNATURE:
+                del self._candidates[key]
+                return None
+            return self._finish(key, _NO_SIGNATURE, TOO_LONG, 0)
         if isinstance(st, OSError):
             # EACCES, ESTALE, EIO...: maybe temporary (a share reconnecting). Keep waiting.
             logger.debug("settle: cannot lstat %s: %s", key, st)
