@@ -58,24 +58,27 @@ def to_pixels(image: torch.Tensor) -> np.ndarray:
 
 
 def stylize_batch(engine: Engine, contents: list[torch.Tensor], preset: Preset, styles: list[torch.Tensor],
-                  progress=None) -> list[StylizeResult | EngineError]:
+                  progress=None, resume=None) -> list[StylizeResult | EngineError]:
     """`engine.stylize` on [3, H, W] tensors in [0, 1]: one result per content, in order.
 
     A photo the engine could not stylise gets its EngineError in its place. A
     batch that fails is run again one photo at a time, so one bad photo (say,
-    a loss that turns non-finite) costs the others nothing. Shared by the
-    local darkroom and the Ray actors (nst_watch.cluster).
+    a loss that turns non-finite) costs the others nothing. `resume` is
+    Engine.stylize's (one entry per content). Interrupted (from a progress
+    callback's Stop) passes through. Shared by the local darkroom and the Ray
+    actors (nst_watch.cluster).
     """
+    resume = list(resume) if resume is not None else [None] * len(contents)
     try:
-        return list(engine.stylize(contents, preset, styles, progress=progress))
+        return list(engine.stylize(contents, preset, styles, progress=progress, resume=resume))
     except EngineError as exc:
         if len(contents) == 1:
             return [exc]
         log.warning("a batch of %d photos failed (%s); running them one at a time", len(contents), exc)
     results: list[StylizeResult | EngineError] = []
-    for tensor in contents:
+    for i, tensor in enumerate(contents):
         try:
-            results += engine.stylize([tensor], preset, styles, progress=progress)
+            results += engine.stylize([tensor], preset, styles, progress=progress, resume=[resume[i]])
         except EngineError as exc:
             results.append(exc)
     return results
@@ -139,10 +142,13 @@ class Darkroom:
             )
 
     def stylize_photos(self, photos: list[photo_io.Photo], preset: Preset,
-                       progress=None) -> list[StylizeResult | EngineError]:
-        """One result per photo, in order; a photo the engine could not stylise gets its EngineError."""
+                       progress=None, resume=None) -> list[StylizeResult | EngineError]:
+        """One result per photo, in order; a photo the engine could not stylise gets its EngineError.
+
+        `resume`: one engine Resume (or None) per photo, to go on from an interrupted run.
+        """
         return stylize_batch(self.engine, [to_tensor(p.pixels) for p in photos], preset, self.style_images(preset),
-                             progress)
+                             progress, resume)
 
     @property
     def device(self) -> str:

@@ -867,6 +867,11 @@ class Ledger:
             self._conn(), "state IN ('failed', 'dead')", (limit,), "ORDER BY updated_at DESC, id DESC LIMIT ?"
         )
 
+    def waiting(self, limit: int = 50) -> list[Job]:
+        """Pending jobs held back with a reason (a retry after a transient failure, a broken preset), soonest first."""
+        return self._select(self._conn(), "state = 'pending' AND error IS NOT NULL", (limit,),
+                            "ORDER BY available_at, id LIMIT ?")
+
     def history(self, job_id: int) -> list[Event]:
         """Every transition of one job, oldest first (attempts, owners, errors)."""
         rows = self._conn().execute(

@@ -214,25 +214,38 @@ def test_sighup_keeps_old_config_when_broken_and_applies_a_good_one(tmp_path):
     assert {p.name for p in studio.outputs()} == {"still-a.jpg", "new-a.jpg"}
 
 
-def test_sigterm_during_a_job_exits_zero_and_job_finishes_next_start(tmp_path):
+def test_sigterm_during_a_job_says_what_it_waits_for_and_the_next_start_resumes_it(tmp_path):
     studio = Studio(tmp_path, presets=("a",), service={"grace_seconds": 1},
-                    preset_settings={"size": 48, "iterations": 80})
+                    preset_settings={"size": 48, "iterations": 400, "pyramid": None, "early_stop": None})
     photo(studio.inbox / "long.jpg", seed=3, size=(64, 48))
     daemon = studio.start().wait_ready()
     wait_until(lambda: studio.counts()["leased"] == 1, what="job running")
-    time.sleep(0.5)
+    wait_until(lambda: re_step(studio) >= 3, interval=0.5, what="a few iterations of the job")
     started = time.monotonic()
     assert daemon.stop() == 0
     assert time.monotonic() - started < 1 + 10  # grace plus shutdown
+    log = daemon.log
+    assert re.search(r"stopping: waiting up to \d+ s for job 1 \(long\.jpg \[a\], step \d+/400", log), log
+    kept = studio.root / "state" / "resume" / "job1.pt"
+    assert kept.is_file() and "kept its progress (scale 1, iteration" in log
     [job] = studio.jobs()
     assert job.state == "pending" and job.attempts == 0  # released, not failed
     daemon = studio.start().wait_ready()
     try:
         wait_until(all_done(studio, 1), what="job done after restart")
+        assert re.search(r"job 1: resuming from scale 1, iteration [1-9]\d*", daemon.log), daemon.log
     finally:
         assert daemon.stop() == 0
     assert [p.name for p in studio.outputs()] == ["long-a.jpg"]
     assert studio.jobs()[0].attempts == 1
+    assert not kept.exists()  # used up
+
+
+def re_step(studio) -> int:
+    """The running job's step, from `status --json` (0 while none is known)."""
+    snap = json.loads(nst("status", "-c", studio.config, "--json").stdout or "{}")
+    workers = [w for p in snap.get("processes", []) for w in ([p.get("worker")] + (p.get("workers") or [])) if w]
+    return max([int(w.get("step") or 0) for w in workers] or [0])
 
 
 # The README's main job on the bundled weights: about 150 s for the photo alone on 2 idle cores, 283 s seen

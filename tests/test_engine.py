@@ -10,7 +10,7 @@ import torch
 
 from conftest import synthetic_painting, synthetic_photo, to_tensor
 from nst_watch.config import EarlyStop, Preset
-from nst_watch.engine import Engine, Progress, scale_sizes
+from nst_watch.engine import Engine, Interrupted, Progress, Stop, scale_sizes
 from nst_watch.engine.memory import available_ram, default_max_memory
 from nst_watch.engine.pyramid import scale_iterations
 from nst_watch.engine.color import match_color, rgb_to_ycc
@@ -272,3 +272,37 @@ def test_the_estimate_of_a_run_follows_how_its_picture_settles(random_engine, ph
         cap_based = e.elapsed / e.step * (e.steps - e.step)  # what the ETA used to be
         assert e.eta is not None and e.eta < 0.6 * cap_based
     assert events[-1].step == events[-1].expected_steps == final and events[-1].eta == 0
+
+
+def _stop_at(step: int, finish_within: int = 0):
+    def progress(event):
+        if event.step >= step:
+            raise Stop(finish_within)
+    return progress
+
+
+def test_a_stopped_run_says_where_it_was_and_resumes_from_there(random_engine, photo, painting):
+    """Stop from the progress callback (a shutdown past its grace): Interrupted, then resume (issue 21, item 9)."""
+    p = preset(iterations=40, pyramid={"min_size": 32, "factor": 2, "iterations": [10, 40]}, early_stop=None)
+    [whole] = random_engine.stylize([photo], p, [painting])
+    with pytest.raises(Interrupted) as stopped:
+        random_engine.stylize([photo], p, [painting], progress=_stop_at(25))
+    resume = stopped.value.resumes[0]
+    assert (resume.scale, resume.iteration, resume.ran) == (2, 15, 25) and resume.image.shape == (3, 64, 64)
+    events: list[Progress] = []
+    [resumed] = random_engine.stylize([photo], p, [painting], progress=events.append, resume=[resume])
+    assert [e.step for e in events] == list(range(26, 51))  # only what was left, at the finest scale
+    assert resumed.iterations == 50 and resumed.loss <= 1.2 * whole.loss
+    # A resume that no longer fits (another preset) is ignored: the photo starts afresh.
+    other = p.model_copy(update={"style_weight": 7.0})
+    events.clear()
+    random_engine.stylize([photo], other, [painting], progress=events.append, resume=[resume])
+    assert len(events) == 50
+
+
+def test_a_run_stopped_within_sight_of_its_end_finishes(random_engine, photo, painting):
+    p = preset(iterations=40, pyramid=None, early_stop=None)
+    [result] = random_engine.stylize([photo], p, [painting], progress=_stop_at(30, finish_within=10))
+    assert result.iterations == 30 and torch.isfinite(result.image).all()
+    with pytest.raises(Interrupted):  # ten short of its end, with five allowed
+        random_engine.stylize([photo], p, [painting], progress=_stop_at(30, finish_within=5))

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,25 @@ def test_a_running_job_shows_early_stoppings_estimate_in_status_and_status_line(
     # An event from before the estimate (or a run without early stopping): its most, no tilde.
     assert step_progress({**worker, "expected_steps": 0, "eta": None}) == "step 40/500"
     assert step_progress({**worker, "expected_steps": 500, "tiles": 50, "tile": 7}) == "step 40/500, tile 7/50, ETA 35 s"
+
+
+def test_a_job_waiting_for_a_retry_shows_why_and_when(tmp_path):
+    """Not plain `pending`: its reason and its next try, in the table and in --json (issue 21, item 5)."""
+    from nst_watch.jobs import Ledger
+
+    studio = Studio(tmp_path, presets=("a",))
+    source = photo(studio.inbox / "p.jpg")
+    with Ledger(tmp_path / "state" / "jobs.db") as ledger:
+        job = ledger.add(sha256="0" * 64, preset="a", preset_hash="h", source_path=source, watch="inbox",
+                         output_dir=studio.outbox).job
+        [claimed] = ledger.claim("w", limit=1)
+        assert claimed.id == job.id
+        assert ledger.fail("w", job.id, "[Errno 28] No space left on device", permanent=False) == "pending"
+    table = subprocess.run([sys.executable, "-m", "nst_watch", "status", "-c", str(studio.config)],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert "waiting" in table.stdout and "No space left on device" in table.stdout, table.stdout
+    assert re.search(r"in \d+ s", table.stdout), table.stdout
+    data = json.loads(subprocess.run([sys.executable, "-m", "nst_watch", "status", "-c", str(studio.config),
+                                      "--json"], capture_output=True, text=True, timeout=60).stdout)
+    [waiting] = data["waiting"]
+    assert waiting["id"] == job.id and "No space" in waiting["error"] and waiting["next_try"] > time.time()

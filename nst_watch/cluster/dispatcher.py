@@ -268,8 +268,11 @@ class RemoteDarkroom(Darkroom):
             self.problem = None
         return self.info is not None
 
-    def stylize_photos(self, photos, preset: Preset, progress=None) -> list:
-        """Darkroom.stylize_photos on the actor. EngineLost when the actor dies; Cancelled from `progress`."""
+    def stylize_photos(self, photos, preset: Preset, progress=None, resume=None) -> list:
+        """Darkroom.stylize_photos on the actor. EngineLost when the actor dies; Cancelled from `progress`.
+
+        `resume` is not carried to the actor: a photo kept from a local engine's interrupted run starts afresh.
+        """
         styles = [self._refs.ref(image) for image in self.style_images(preset)]
         where = self.device
         call = self.actor.stylize.remote([_at_output_size(p.pixels, preset) for p in photos], preset, *styles)

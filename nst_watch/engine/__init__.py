@@ -5,7 +5,7 @@ imports this package.
 """
 
 from .clock import Progress
-from .engine import Engine, StylizeResult
+from .engine import Engine, Interrupted, Resume, Stop, StylizeResult
 from .pyramid import fit_long_edge, output_size, resize, scale_sizes
 from .losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
 from .vgg import CONTENT_LAYERS, LAYER_NAMES, STYLE_LAYERS, FeatureExtractor, layer_index
@@ -14,6 +14,9 @@ __all__ = [
     "CONTENT_LAYERS",
     "ContentLoss",
     "Engine",
+    "Interrupted",
+    "Resume",
+    "Stop",
     "FeatureExtractor",
     "LAYER_NAMES",
     "Progress",

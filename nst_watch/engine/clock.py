@@ -161,6 +161,10 @@ class Clock:
             estimate = max(self._prior(cap), (i // stop.every + 1) * stop.every)
         return max(i, min(cap, estimate))
 
+    def left_here(self) -> int:
+        """Iterations the running scale is expected to run still (early stopping's estimate)."""
+        return self._expected_here() - self.last_i
+
     def _decay(self) -> float | None:
         """How much a window's pixel change shrinks from one window to the next, fitted over this scale's windows.
 

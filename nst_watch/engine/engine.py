@@ -60,6 +60,52 @@ class StylizeResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+class Stop(Exception):
+    """Raised by a progress callback to end a run now (a daemon's shutdown past its grace).
+
+    A run whose last scale is expected to end within `finish_within` more
+    iterations (Progress.expected_steps) ends there, as early stopping would
+    soon have, and `stylize` returns as usual; any other raises Interrupted,
+    saying where each photo was, so that a later call can resume it.
+    """
+
+    def __init__(self, finish_within: int = 0):
+        super().__init__(f"stopped (finishing within {finish_within} iterations)")
+        self.finish_within = finish_within
+
+
+@dataclass
+class Resume:
+    """Where an interrupted optimisation of one photo was: enough to go on from there (Engine.stylize's `resume`).
+
+    `image` is the optimised image at pyramid scale `scale` (1-based), [C, H, W]
+    float32 on the CPU (C is 1 for colour: luminance), after `iteration`
+    iterations of that scale and `ran` in all. `fingerprint` and
+    `output_size` (height, width) tie it to the preset and the photo's
+    output: a resume that no longer matches is ignored.
+    """
+
+    scale: int
+    iteration: int
+    ran: int
+    image: torch.Tensor
+    fingerprint: str
+    output_size: tuple[int, int]
+
+
+class Interrupted(Exception):
+    """Engine.stylize ended by Stop: `done` maps content indices to finished results, `resumes` to Resume."""
+
+    def __init__(self, done: dict[int, "StylizeResult"], resumes: dict[int, Resume]):
+        super().__init__(f"interrupted: {len(done)} photo(s) done, {len(resumes)} resumable")
+        self.done, self.resumes = done, resumes
+
+
+class _Paused(Exception):
+    def __init__(self, resumes: list[Resume]):
+        self.resumes = resumes
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -183,6 +229,7 @@ class Engine:
         preset: Preset,
         styles: Sequence[torch.Tensor],
         progress: ProgressCallback | None = None,
+        resume: Sequence[Resume | None] | None = None,
     ) -> list[StylizeResult]:
         """Stylise each content image ([3, H, W], RGB in [0, 1]) with `preset`.
 
@@ -190,22 +237,32 @@ class Engine:
         `preset.styles`. Images whose output sizes match are optimised
         together as one batch: each keeps its own optimiser state (Adam is
         elementwise; L-BFGS gets one optimiser per image), so batching changes
-        speed, not results.
+        speed, not results. `resume` (one entry per content, None for a
+        fresh start) goes on from where an Interrupted run left a photo; a
+        resumed photo runs in a batch of its own.
         Returns one result per content image, in order. PresetError when
-        max_memory cannot serve the preset at all (`check_budget`).
+        max_memory cannot serve the preset at all (`check_budget`);
+        Interrupted when `progress` raised Stop.
         """
         self.check_budget(preset)
         if len(styles) != len(preset.styles):
             raise ValueError(f"preset {preset.name!r} lists {len(preset.styles)} style images, got {len(styles)}")
+        resume = list(resume) if resume is not None else [None] * len(contents)
         results: list[StylizeResult | None] = [None] * len(contents)
-        for hw, indices in self._batches(contents, preset):
+        for hw, indices in self._batches(contents, preset, resume):
             # Photos of one output size may differ in pixel size (400x300 and
             # 200x150 both give 256x192): each is resized to the output size
             # first, and every coarser scale is taken from that.
             # size: full is this batch's long edge from here on.
             concrete = preset.model_copy(update={"size": max(hw)}) if preset.size == "full" else preset
             batch = torch.cat([resize(contents[i].to(self.device, self.dtype)[None], hw) for i in indices])
-            for i, result in zip(indices, self._run(batch, concrete, styles, progress)):
+            try:
+                done = self._run(batch, concrete, styles, progress, resume[indices[0]] if len(indices) == 1 else None,
+                                 preset.fingerprint())
+            except _Paused as paused:
+                finished = {i: r for i, r in enumerate(results) if r is not None}
+                raise Interrupted(finished, dict(zip(indices, paused.resumes))) from None
+            for i, result in zip(indices, done):
                 results[i] = result
         return results  # type: ignore[return-value]
 
@@ -318,14 +375,21 @@ class Engine:
         """Tile px for the Gram pass of a style image of hw pixels, None where it fits whole in work_memory."""
         return memory.style_tile(hw, preset.style_layers, self.work_memory)
 
-    def _batches(self, contents: Sequence[torch.Tensor], preset: Preset) -> list[tuple[tuple[int, int], list[int]]]:
-        """(output size, content indices) per batch: photos of one output size, as many as fit work_memory."""
+    def _batches(self, contents: Sequence[torch.Tensor], preset: Preset, resume: Sequence[Resume | None]
+                 ) -> list[tuple[tuple[int, int], list[int]]]:
+        """(output size, content indices) per batch: photos of one output size, as many as fit work_memory.
+
+        A photo with a resume runs alone: its batch mates would be at other scales.
+        """
         groups: dict[tuple[int, int], list[int]] = {}
+        batches = []
         for i, image in enumerate(contents):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"content image {i} must be [3, H, W], got {tuple(image.shape)}")
-            groups.setdefault(output_size(*image.shape[-2:], preset), []).append(i)
-        batches = []
+            if resume[i] is not None:
+                batches.append((output_size(*image.shape[-2:], preset), [i]))
+            else:
+                groups.setdefault(output_size(*image.shape[-2:], preset), []).append(i)
         for hw, members in groups.items():
             per_batch = memory.batch_size(hw, preset.history_size, self.work_memory, self.device.type == "cpu")
             batches += [(hw, members[k:k + per_batch]) for k in range(0, len(members), per_batch)]
@@ -346,7 +410,8 @@ class Engine:
 
     # --- one batch, scale by scale ---------------------------------------------
 
-    def _run(self, batch: torch.Tensor, preset: Preset, styles, progress) -> list[StylizeResult]:
+    def _run(self, batch: torch.Tensor, preset: Preset, styles, progress, resume: Resume | None = None,
+             fingerprint: str = "") -> list[StylizeResult]:
         start = time.perf_counter()
         final_hw = fit_long_edge(*batch.shape[-2:], preset.size)
         layers = [*preset.content_layers, *preset.style_layers]
@@ -371,7 +436,13 @@ class Engine:
                       preset.early_stop)
         timings = {"style_targets": 0.0}
         image = None
+        resume = self._usable(resume, fingerprint, final_hw, shapes, preset)
         for scale, (edge, hw, steps) in enumerate(zip(sizes, shapes, iterations), start=1):
+            if resume is not None and scale < resume.scale:
+                continue  # done before the interruption
+            if resume is not None and scale == resume.scale:
+                image, steps = resume.image.to(self.device, self.dtype)[None], max(0, steps - resume.iteration)
+                clock.ran = resume.ran
             content = resize(batch, hw)
             t0 = time.perf_counter()
             tile = self._tile_for(hw, preset, steps) if len(batch) == 1 else None
@@ -393,7 +464,16 @@ class Engine:
                     timings["tiles"] = float(len(objective.tiles))
                 timings["style_targets"] += time.perf_counter() - t0
                 clock.begin_scale(scale, hw, steps, x)
-                image, terms = optimise(objective, optimiser, steps, clock) if steps else (x, None)
+                try:
+                    image, terms = optimise(objective, optimiser, steps, clock) if steps else (x, None)
+                except Stop as stop:
+                    image, terms = optimiser.result()
+                    if scale < len(sizes) or clock.left_here() > stop.finish_within:
+                        raise _Paused([Resume(scale, clock.last_i + (resume.iteration if resume is not None and
+                                                                    scale == resume.scale else 0), clock.ran,
+                                              image[i].detach().float().cpu(), fingerprint, final_hw)
+                                       for i in range(len(batch))]) from None
+                    clock.finish_scale()  # within sight of its early stop: it ends here
         image = image.to(self.device)
         with torch.no_grad():
             if terms is None:  # the returned image was never evaluated (Adam's average, or no iterations)
@@ -424,6 +504,21 @@ class Engine:
             )
             for i in range(len(batch))
         ]
+
+    @staticmethod
+    def _usable(resume: Resume | None, fingerprint: str, final_hw, shapes, preset: Preset) -> Resume | None:
+        """`resume` where it still fits this preset and photo, else None (with a log line: it starts afresh)."""
+        if resume is None:
+            return None
+        channels = 1 if preset.color == "luminance" else 3
+        fits = (resume.fingerprint == fingerprint and tuple(resume.output_size) == tuple(final_hw)
+                and 1 <= resume.scale <= len(shapes)
+                and tuple(resume.image.shape) == (channels, *shapes[resume.scale - 1]))
+        if not fits:
+            log.info("preset %r: a kept optimisation no longer matches the preset or photo; starting afresh",
+                     preset.name)
+            return None
+        return resume
 
     def _optimiser(self, x: torch.Tensor, preset: Preset, steps: int):
         if preset.optimizer == "lbfgs":

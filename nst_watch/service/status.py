@@ -257,6 +257,9 @@ def snapshot(state_dir: Path, ledger: Ledger, *, recent: int = RECENT, failures:
         # Originals whose move failed (a full disk...): where they are, where they go, why; tried again by the intake.
         "unmoved": [{"path": m.source_path, "to": str(Path(m.dest_path).parent), "reason": m.error,
                      "since": m.updated_at} for m in ledger.moves() if m.owner is None],
+        # Pending jobs that wait with a reason: a retry after a transient failure, or a broken preset.
+        "waiting": [{**_job_view(j), "next_try": j.available_at}
+                    for j in ledger.waiting(failures)],
         "recent": [_job_view(j) for j in ledger.recent(recent)],
         "failures": [_job_view(j) for j in ledger.failures(failures)],
     })
@@ -410,6 +413,10 @@ def render(snap: dict):
         parts.append(_table("originals not moved (tried again at each reconcile scan)", ("photo", "to", "reason"),
                             [(e.get("path"), e.get("to"), e.get("reason")) for e in snap["unmoved"]]))
     job_columns = ("id", "state", "preset", "photo")
+    if snap.get("waiting"):
+        parts.append(_table("waiting", ("id", "preset", "photo", "attempts", "next try", "reason"),
+                            [(str(j["id"]), j["preset"], Path(j["source"]).name, str(j["attempts"]),
+                              _next_try(j["next_try"]), j["error"] or "") for j in snap["waiting"]]))
     if snap["recent"]:
         parts.append(_table("recent", job_columns + ("output",),
                             [_job_row(j) + (j["output"] or "",) for j in snap["recent"]]))
@@ -417,6 +424,12 @@ def render(snap: dict):
         parts.append(_table("failures", job_columns + ("reason",),
                             [_job_row(j) + (j["error"] or "",) for j in snap["failures"]]))
     return Group(*parts)
+
+
+def _next_try(at: float) -> str:
+    """When a waiting job may run again (`at`: time.time() seconds), as 'now' or 'in 40 s'."""
+    seconds = at - time.time()
+    return "now" if seconds < 1 else f"in {seconds:.0f} s"
 
 
 def _job_row(job: dict) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ gets exactly one output per preset.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -21,8 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..config import Config, Preset, Watch
 from ..darkroom import EXTENSIONS, Darkroom, to_pixels
+from ..engine import Interrupted, Resume, Stop
 from ..errors import EngineError, PhotoError, PresetError
 from ..faults import fault as _fault
 from ..jobs import Job, Ledger
@@ -30,14 +34,28 @@ from ..photo import load_photo
 from ..progress import eta_seconds
 from .identity import preset_hash
 from .originals import finish_original, recover_originals
-from .publish import Outputs, clean_stages
-from .status import IDLE_PROGRESS, pid_alive
+from .publish import Outputs, clean_stages, write_file
+from .status import IDLE_PROGRESS, pid_alive, step_progress
 from .thumbs import thumbs_dir, write_thumbs
 
 log = logging.getLogger("nst_watch.worker")
 
-class Cancelled(Exception):
-    """Raised from the progress callback to abandon a batch (shutdown past its grace)."""
+# Past the grace period a batch stops; one whose last scale is this close to its early stop (one window of the
+# default preset) finishes instead, and its photos are published.
+FINISH_WITHIN = 25
+WAIT_REPORT_SECONDS = 10  # while SIGTERM waits for a batch, a log line this often
+
+
+class Cancelled(Stop):
+    """Raised from the progress callback to stop a batch (shutdown past its grace).
+
+    The engine (Stop) finishes a batch within FINISH_WITHIN iterations of its
+    end, and otherwise raises Interrupted with where each photo was, which
+    the worker keeps for the next start; the Ray lanes release the batch.
+    """
+
+    def __init__(self):
+        super().__init__(finish_within=FINISH_WITHIN)
 
 
 class EngineLost(Exception):
@@ -168,15 +186,33 @@ class Worker:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self, grace: float) -> None:
-        """Let the running batch finish within `grace` seconds, else release its leases."""
+        """Let the running batch finish within `grace` seconds, saying what it waits for; then stop it.
+
+        Past the grace a batch close to its end finishes (Cancelled); any
+        other keeps each photo's optimisation in the state folder and its
+        jobs go back to pending: the next start resumes them from there.
+        """
         self.stopping.set()
         if self._thread is None:
             return
-        self._thread.join(grace)
+        deadline = time.monotonic() + grace
+        while self._thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+            if self.activity.jobs:
+                log.info("stopping: waiting up to %.0f s for %s; past that its progress is kept for the next "
+                         "start", left, self._running())
+            self._thread.join(min(left, WAIT_REPORT_SECONDS))
         if self._thread.is_alive():
-            log.warning("grace period of %.0fs over: releasing the running job for the next start", grace)
+            log.warning("grace period of %.0f s over: stopping %s, its progress kept for the next start", grace,
+                        self._running() if self.activity.jobs else "the running batch")
             self.cancel.set()
             self._thread.join()
+
+    def _running(self) -> str:
+        """'job 12 (photo.jpg [impasto], step 40/~210, ETA 35 s)': what a shutdown waits for."""
+        a = self.activity
+        jobs = ", ".join(str(j) for j in a.jobs)
+        return (f"job{'s' if len(a.jobs) > 1 else ''} {jobs} ({', '.join(a.photos)} [{a.preset}], "
+                f"{step_progress(a.to_dict())})")
 
     def ready(self) -> bool:
         """Whether the engine can take a batch now; a worker claims only when it can (pull-based)."""
@@ -274,8 +310,13 @@ class Worker:
         self.activity.started = time.time()
         beat = _Heartbeat(self.ledger, self.owner, [j.id for j in jobs], self.config.service.lease_seconds)
         beat.start()
+        resumes = [self._kept(job, preset) for job in jobs]
         try:
-            results = self.darkroom.stylize_photos([t[1] for t in todo], preset, progress=self._progress)
+            results = self.darkroom.stylize_photos([t[1] for t in todo], preset, progress=self._progress,
+                                                   resume=resumes if any(resumes) else None)
+        except Interrupted as stopped:
+            self._keep(todo, stopped)
+            return
         except Cancelled:
             released = self.ledger.release(self.owner, [j.id for j in jobs])
             log.info("released %d job(s) for the next start", released)
@@ -293,11 +334,53 @@ class Worker:
             return
         finally:
             beat.stop()
+        self._settle(todo, results)
+
+    def _settle(self, todo, results) -> None:
+        """Each job's result published, or its engine error recorded; kept optimisations no longer needed go."""
         for (job, photo, watch, effective), result in zip(todo, results):
             if isinstance(result, EngineError):
                 self._fail(job, str(result), permanent=True)
             else:
                 self._publish(job, photo, result, effective, watch)
+            _forget(self._kept_path(job))
+
+    # --- optimisations kept across a shutdown -----------------------------------------
+
+    def _kept_path(self, job: Job) -> Path:
+        return self.state_dir / "resume" / f"job{job.id}.pt"
+
+    def _kept(self, job: Job, preset: Preset) -> Resume | None:
+        """The optimisation a shutdown kept for `job`, if any and readable (the engine checks it still fits)."""
+        path = self._kept_path(job)
+        if not path.is_file():
+            return None
+        try:
+            resume = Resume(**torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # noqa: BLE001 - a damaged file only costs the head start
+            log.warning("job %d: the progress kept at %s is unreadable (%s); starting afresh", job.id, path, exc)
+            _forget(path)
+            return None
+        log.info("job %d: resuming from scale %d, iteration %d, as a shutdown left it", job.id, resume.scale,
+                 resume.iteration)
+        return resume
+
+    def _keep(self, todo, stopped: Interrupted) -> None:
+        """A batch stopped past the grace: finished photos published, the others' optimisations kept, released."""
+        self._settle([todo[i] for i in stopped.done], [stopped.done[i] for i in stopped.done])
+        for i, resume in stopped.resumes.items():
+            job = todo[i][0]
+            try:
+                self._kept_path(job).parent.mkdir(parents=True, exist_ok=True)
+                write_file(self._kept_path(job), lambda f, r=resume: torch.save(dataclasses.asdict(r), f),
+                           collision="overwrite")
+                log.info("job %d: kept its progress (scale %d, iteration %d) in %s; the next start resumes from it",
+                         job.id, resume.scale, resume.iteration, self._kept_path(job))
+            except (PhotoError, OSError) as exc:
+                log.warning("job %d: could not keep its progress (%s); the next start begins afresh", job.id, exc)
+        left = [t[0].id for i, t in enumerate(todo) if i not in stopped.done]
+        released = self.ledger.release(self.owner, left)
+        log.info("released %d job(s) for the next start", released)
 
     def _engine_lost(self, jobs: list[Job], exc: EngineLost) -> None:
         """The batch back to pending at once, the attempt counted, as for a crashed worker."""
@@ -379,6 +462,8 @@ class Worker:
         self.activity.failed += 1
         log.error("job %d (%s, preset %s) %s: %s", job.id, job.source_path, job.preset,
                   "failed" if state != "pending" else "will be retried", error)
+        if state != "pending":
+            _forget(self._kept_path(job))
         self._finish_original(job)
 
     def _finished(self, job: Job) -> None:
@@ -400,6 +485,15 @@ class Worker:
             finish_original(self.ledger, watch, job.sha256, Path(job.source_path), config_path=self.config.path)
         except Exception:
             log.exception("%s: could not move the original", job.source_path)
+
+
+def _forget(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
 
 
 def _with_watch_format(preset: Preset, watch: Watch | None) -> Preset:
