@@ -79,6 +79,45 @@ class StyleImage(_Strict):
     weight: float = Field(1.0, gt=0)
 
 
+def _rgb(value: Any) -> Any:
+    """A colour as an (r, g, b) tuple of 0-255: "#rrggbb", "#rgb", a CSS name ("white") or [r, g, b]."""
+    if isinstance(value, str):
+        from PIL import ImageColor  # torch-free
+
+        try:
+            rgb = ImageColor.getrgb(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not a colour; give #rrggbb (e.g. #00ff00) or a name such as white") \
+                from None
+        return tuple(rgb[:3])
+    return value
+
+
+Colour = Annotated[tuple[Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)],
+                         Annotated[int, Field(ge=0, le=255)]], BeforeValidator(_rgb),
+                   Says("a colour (#rrggbb, a name such as white, or [r, g, b])")]
+
+StyleList = Annotated[list[Annotated[StyleImage, BeforeValidator(_style_from_string),
+                                     Says("a style image's path, or path: and weight:")]],
+                      Says("a list of style images (each a path, or path: and weight:)")]
+
+
+class Region(_Strict):
+    """One region of a mask (Gatys et al. 2017, spatial control): the colour that paints it and what it gets.
+
+    `styles`: style images blended as a preset's are, or `photo`: the region
+    keeps the photo's own look (its Gram targets are the photo's own over the
+    region), so only its border is harmonised with its neighbours.
+    """
+
+    color: Colour
+    styles: Annotated[StyleList, Field(min_length=1)] | Literal["photo"]
+
+    @property
+    def keeps_photo(self) -> bool:
+        return self.styles == "photo"
+
+
 class Pyramid(_Strict):
     """Coarse-to-fine schedule: each scale starts from the previous result.
 
@@ -143,9 +182,10 @@ class Preset(_Strict):
     """A named, hashable bundle of style images and optimisation settings."""
 
     name: str = "custom"
-    styles: Annotated[list[Annotated[StyleImage, BeforeValidator(_style_from_string),
-                                     Says("a style image's path, or path: and weight:")]],
-                      Says("a list of style images (each a path, or path: and weight:)")] = Field(min_length=1)
+    styles: StyleList = Field(
+        default_factory=list, min_length=1, description="style images for the whole photo (with regions: for a photo without a mask)")
+    regions: dict[str, Region] | None = Field(
+        None, min_length=1, description="mask colour -> styles or photo, per region (Gatys et al. 2017)")
     style_scale: float = Field(1.0, gt=0, description="style image long edge relative to the output's")
     size: Annotated[int, Field(ge=16), PIXELS] | Literal["full"] = Field(
         512, description="output long edge in pixels, or full: the photo's own (too big for memory runs in tiles)")
@@ -195,6 +235,48 @@ class Preset(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _styles_or_regions(self) -> "Preset":
+        if not self.styles and self.regions is None:
+            raise ValueError("give styles: [style images], or regions: for a mask")
+        if self.regions is not None:
+            seen: dict[tuple, str] = {}
+            for name, region in self.regions.items():
+                if region.color in seen:
+                    raise ValueError(f"regions {seen[region.color]!r} and {name!r} have the same colour "
+                                     f"#{'%02x%02x%02x' % region.color}; give each region a colour of its own")
+                seen[region.color] = name
+            if all(r.keeps_photo for r in self.regions.values()):
+                raise ValueError("every region keeps the photo: give at least one region styles")
+        return self
+
+    @property
+    def needs_mask(self) -> bool:
+        """True for a preset with named regions: its photos wait for a mask (a plain preset takes one if given)."""
+        return self.regions is not None
+
+    def region_list(self) -> list[tuple[str, tuple[int, int, int], list[StyleImage] | None]]:
+        """(name, colour, style images or None for the photo) per region of a mask, in order.
+
+        A preset without `regions` has the simple case's two: "style" (white,
+        the preset's styles) and "photo" (black); greys blend between them.
+        """
+        if self.regions is None:
+            return [("style", (255, 255, 255), list(self.styles or [])), ("photo", (0, 0, 0), None)]
+        return [(name, r.color, None if r.keeps_photo else list(r.styles)) for name, r in self.regions.items()]
+
+    def style_images(self) -> list[StyleImage]:
+        """Every style image the preset uses, in the order the engine takes them as tensors.
+
+        The preset's own `styles` first, then each region's, in order of
+        `regions` (a region that keeps the photo has none).
+        """
+        images = list(self.styles or [])
+        for region in (self.regions or {}).values():
+            if not region.keeps_photo:
+                images += list(region.styles)
+        return images
+
     def long_edge(self, height: int, width: int) -> int:
         """The output long edge, in pixels, for a photo of height x width (`size`, or the photo's own for full)."""
         return max(height, width) if self.size == "full" else self.size
@@ -202,7 +284,13 @@ class Preset(_Strict):
     def fingerprint(self) -> str:
         """Hash of everything that changes the output pixels, except the style images' bytes."""
         data = self.model_dump(mode="json", exclude={"name", "output"})
-        data["styles"] = [{"weight": s["weight"]} for s in data["styles"]]
+        data["styles"] = [{"weight": s["weight"]} for s in data["styles"] or []]
+        if data.get("regions") is None:
+            del data["regions"]  # a preset without regions hashes as it always has
+        else:
+            for region in data["regions"].values():
+                if region["styles"] != "photo":
+                    region["styles"] = [{"weight": s["weight"]} for s in region["styles"]]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -883,26 +971,38 @@ def resolve_preset(preset: Preset, base: Path, *, source: str, key: str, text: s
     go to `problems` when given, else they are raised as one ConfigError.
     """
     found: list[str] = [] if problems is None else problems
-    styles = []
-    for i, style in enumerate(preset.styles):
-        path = style.path.expanduser()
-        path = (path if path.is_absolute() else (base / path)).resolve()
-        where = key if key.startswith("--") else f"{key}.styles.{i}.path{_at(text, f'{key}.styles.{i}')}"
-        styles.append(style.model_copy(update={"path": path}))
-        if not path.is_file():
-            found.append(f"{where}: style image {path} does not exist (fix the path; relative paths are read from "
-                         + ("the config file's folder)" if text else "the current folder)"))
-            continue
-        try:
-            size = style_image_size(path)
-        except ValueError as exc:
-            found.append(f"{where}: {exc}")
-            continue
-        problem = style_size_problem(preset, size)
-        if problem:
-            found.append(f"{where}: style image {path} {problem}")
-        else:
-            warn_enlarged_style(preset, path, size)
+
+    def resolved(images: list[StyleImage], at: str) -> list[StyleImage]:
+        out = []
+        for i, style in enumerate(images):
+            path = style.path.expanduser()
+            path = (path if path.is_absolute() else (base / path)).resolve()
+            where = key if key.startswith("--") else f"{at}.{i}.path{_at(text, f'{at}.{i}')}"
+            out.append(style.model_copy(update={"path": path}))
+            if not path.is_file():
+                found.append(f"{where}: style image {path} does not exist (fix the path; relative paths are read "
+                             "from " + ("the config file's folder)" if text else "the current folder)"))
+                continue
+            try:
+                size = style_image_size(path)
+            except ValueError as exc:
+                found.append(f"{where}: {exc}")
+                continue
+            problem = style_size_problem(preset, size)
+            if problem:
+                found.append(f"{where}: style image {path} {problem}")
+            else:
+                warn_enlarged_style(preset, path, size)
+        return out
+
+    update: dict[str, Any] = {}
+    if preset.styles:
+        update["styles"] = resolved(preset.styles, f"{key}.styles")
+    if preset.regions is not None:
+        update["regions"] = {
+            name: region if region.keeps_photo else region.model_copy(
+                update={"styles": resolved(region.styles, f"{key}.regions.{name}.styles")})
+            for name, region in preset.regions.items()}
     need = min_edge([*preset.content_layers, *preset.style_layers])
     if preset.size != "full" and preset.size < need:
         layer = deepest([*preset.content_layers, *preset.style_layers])
@@ -910,7 +1010,7 @@ def resolve_preset(preset: Preset, base: Path, *, source: str, key: str, text: s
                      f"layer {layer} needs, so no photo could be stylised; raise size to {need} or more")
     if problems is None:
         _raise_if(found, source)
-    return preset.model_copy(update={"styles": styles})
+    return preset.model_copy(update=update)
 
 
 def style_image_size(path: Path) -> tuple[int, int]:

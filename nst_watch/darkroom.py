@@ -111,7 +111,7 @@ class Darkroom:
         a warning (logged once) when one is enlarged so much that it blurs.
         """
         images = []
-        for i, style in enumerate(preset.styles):
+        for i, style in enumerate(preset.style_images()):
             stat = style.path.stat() if style.path.exists() else None
             key = (str(style.path), stat.st_mtime_ns if stat else None, stat.st_size if stat else None)
             if key not in self._styles:

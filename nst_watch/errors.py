@@ -55,3 +55,11 @@ class PresetError(ConfigError):
     The preset is at fault, not the photos: the daemon keeps their jobs
     waiting, photos in place, until the preset is fixed.
     """
+
+
+class MaskError(PhotoError):
+    """A mask cannot serve its photo: unreadable, a colour no region names, a region too small, the wrong shape.
+
+    `path` is the mask's. Permanent: retrying the same mask cannot help; a
+    replaced mask is a new job.
+    """

@@ -230,6 +230,7 @@ class Engine:
         styles: Sequence[torch.Tensor],
         progress: ProgressCallback | None = None,
         resume: Sequence[Resume | None] | None = None,
+        masks: Sequence[torch.Tensor | None] | None = None,
     ) -> list[StylizeResult]:
         """Stylise each content image ([3, H, W], RGB in [0, 1]) with `preset`.
 

@@ -30,7 +30,7 @@ def preset_hash(preset: Preset) -> str:
     unchanged preset never reprocesses anything.
     """
     styles = []
-    for style in preset.styles:
+    for style in preset.style_images():
         st = style.path.stat()
         styles.append(_style_digest(str(style.path), st.st_mtime_ns, st.st_size))
     data = {
