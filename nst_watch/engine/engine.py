@@ -27,16 +27,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from ..config import EngineSettings, Preset, deepest, min_edge, style_long_edge
 from ..errors import EngineError, PresetError
-from . import color, memory
+from . import color, guidance, memory
 from .clock import Clock, ProgressCallback
-from .losses import ContentLoss, StyleLoss, TVLoss, blend_grams, gram_matrix, layer_weights
+from .losses import (ContentLoss, GuidedStyleLoss, StyleLoss, TVLoss, blend_grams, gram_matrix,
+                     guided_gram_matrices, layer_weights)
 from .objective import StyleTransferObjective, gray_to_rgb, identity
 from .optimise import LBFGS, AveragedAdam, optimise
 from .pyramid import fit_long_edge, fit_size, output_size, resize, scale_iterations, scale_sizes
-from .tiled import TiledObjective, gram_matrices
+from .tiled import TiledObjective, gram_matrices, guided_gram_matrices_tiled
 from .vgg import FeatureExtractor, build_features, fold_preprocessing
 from .weights import load_weights
 
@@ -235,7 +237,14 @@ class Engine:
         """Stylise each content image ([3, H, W], RGB in [0, 1]) with `preset`.
 
         `styles` holds the preset's style images as tensors, in the order of
-        `preset.styles`. Images whose output sizes match are optimised
+        `preset.style_images()` (its own `styles`, then each region's).
+        `masks` (one entry per content, None for none) gives spatial control
+        (Gatys et al. 2017; engine.guidance, losses.GuidedStyleLoss): region
+        weights [R, h, w], R = len(preset.region_list()), each pixel's in
+        [0, 1] and summing to 1, at any size with the photo's aspect (it is
+        resampled to every scale); nst_watch.photo.mask makes them from a
+        painted file. A photo without a mask runs with the preset's own
+        `styles` (ValueError where it has none). Images whose output sizes match are optimised
         together as one batch: each keeps its own optimiser state (Adam is
         elementwise; L-BFGS gets one optimiser per image), so batching changes
         speed, not results. `resume` (one entry per content, None for a
@@ -243,23 +252,28 @@ class Engine:
         resumed photo runs in a batch of its own.
         Returns one result per content image, in order. PresetError when
         max_memory cannot serve the preset at all (`check_budget`);
-        Interrupted when `progress` raised Stop.
+        Interrupted when `progress` raised Stop; EngineError for a region of a
+        mask too small for the deepest style layer at the output size.
         """
         self.check_budget(preset)
-        if len(styles) != len(preset.styles):
-            raise ValueError(f"preset {preset.name!r} lists {len(preset.styles)} style images, got {len(styles)}")
+        if len(styles) != len(preset.style_images()):
+            raise ValueError(f"preset {preset.name!r} lists {len(preset.style_images())} style images, "
+                             f"got {len(styles)}")
         resume = list(resume) if resume is not None else [None] * len(contents)
+        masks = self._checked_masks(masks, contents, preset)
         results: list[StylizeResult | None] = [None] * len(contents)
-        for hw, indices in self._batches(contents, preset, resume):
+        for hw, indices in self._batches(contents, preset, resume, masks):
             # Photos of one output size may differ in pixel size (400x300 and
             # 200x150 both give 256x192): each is resized to the output size
             # first, and every coarser scale is taken from that.
             # size: full is this batch's long edge from here on.
             concrete = preset.model_copy(update={"size": max(hw)}) if preset.size == "full" else preset
             batch = torch.cat([resize(contents[i].to(self.device, self.dtype)[None], hw) for i in indices])
+            weights = None if masks[indices[0]] is None else torch.cat(
+                [guidance.resize_weights(masks[i].to(self.device, self.dtype)[None], hw) for i in indices])
             try:
                 done = self._run(batch, concrete, styles, progress, resume[indices[0]] if len(indices) == 1 else None,
-                                 preset.fingerprint())
+                                 preset.fingerprint(), weights)
             except _Paused as paused:
                 finished = {i: r for i, r in enumerate(results) if r is not None}
                 raise Interrupted(finished, dict(zip(indices, paused.resumes))) from None
@@ -268,7 +282,7 @@ class Engine:
         return results  # type: ignore[return-value]
 
     def objective(self, images: Sequence[torch.Tensor], contents: Sequence[torch.Tensor], preset: Preset,
-                  styles: Sequence[torch.Tensor]) -> list[float]:
+                  styles: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None] | None = None) -> list[float]:
         """The weighted objective of each image as a stylisation of its content, at the image's size.
 
         The same function the optimiser minimises (content + style + TV, as
@@ -276,42 +290,47 @@ class Engine:
         (fp32, or fp64), never bf16: benchmarks use it to compare runs of
         different optimisers, precisions and programs fairly.
         """
-        return [sum(terms) for terms in self.objective_terms(images, contents, preset, styles)]
+        return [sum(terms) for terms in self.objective_terms(images, contents, preset, styles, masks)]
 
     def objective_terms(self, images: Sequence[torch.Tensor], contents: Sequence[torch.Tensor], preset: Preset,
-                        styles: Sequence[torch.Tensor]) -> list[tuple[float, float, float]]:
-        """Per image, the weighted (content, style, TV) terms whose sum `objective` returns."""
+                        styles: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None] | None = None
+                        ) -> list[tuple[float, float, float]]:
+        """Per image, the weighted (content, style, TV) terms whose sum `objective` returns (masks as stylize's)."""
         values = []
-        for image, content in zip(images, contents):
+        masks = self._checked_masks(masks, images, preset)
+        for image, content, mask in zip(images, contents, masks):
             image = image.to(self.device, self.dtype)[None]
             content = resize(content.to(self.device, self.dtype)[None], tuple(image.shape[-2:]))
             extractor = self._extractor(preset, self.features)
-            objective = self._objective(extractor, content, preset, styles, max(image.shape[-2:]))
+            objective = self._objective(extractor, content, preset, styles, max(image.shape[-2:]),
+                                        self._guide(mask, tuple(image.shape[-2:]), preset))
             x = color.luminance(image) if preset.color == "luminance" else image
             terms = objective.terms(x)
             values.append(tuple(float(t) for t in terms[:, 0]))
         return values
 
     def objective_gradient(self, image: torch.Tensor, content: torch.Tensor, preset: Preset,
-                           styles: Sequence[torch.Tensor], *, tile: int | None = None
-                           ) -> tuple[tuple[float, float, float], torch.Tensor]:
+                           styles: Sequence[torch.Tensor], *, tile: int | None = None,
+                           mask: torch.Tensor | None = None) -> tuple[tuple[float, float, float], torch.Tensor]:
         """The weighted (content, style, TV) terms at `image` and the gradient of their sum.
 
         `image` is [3, H, W] (or [1, H, W] for colour: luminance), `content`
         the photo [3, h, w], resized to the image's size. With `tile` (px, a
         multiple of the deepest layer's stride: 16 for relu5_1) the objective
         is computed tile by tile (nst_watch.engine.tiled), exactly; without,
-        in one pass. Evaluated in the engine's own precision (fp32, or fp64).
+        in one pass. `mask`: region weights [R, h, w], as stylize's `masks`.
+        Evaluated in the engine's own precision (fp32, or fp64).
         Returns the gradient on the CPU, shaped like `image`.
         """
         image = image.to(self.device, self.dtype)[None]
         content = resize(content.to(self.device, self.dtype)[None], tuple(image.shape[-2:]))
         extractor = self._extractor(preset, self.features)
         edge = max(image.shape[-2:])
+        guide = self._guide(self._checked_masks([mask], [image[0]], preset)[0], tuple(image.shape[-2:]), preset)
         if tile is None:
-            objective = self._objective(extractor, content, preset, styles, edge)
+            objective = self._objective(extractor, content, preset, styles, edge, guide)
         else:
-            objective = self._tiled_objective(extractor, content, preset, styles, edge, tile)
+            objective = self._tiled_objective(extractor, content, preset, styles, edge, tile, guide)
         terms, gradient = objective.terms_and_gradient(image)
         return tuple(float(t) for t in terms[:, 0]), gradient[0].cpu()
 
@@ -360,11 +379,12 @@ class Engine:
         raise PresetError(f"engine.max_memory {_gb(self.max_memory)} is less than the {needs}, so no photo could "
                           f"run: raise engine.max_memory (--max-memory) to {give} or more")
 
-    def _tile_for(self, hw: tuple[int, int], preset: Preset, steps: int) -> memory.TilePlan | None:
+    def _tile_for(self, hw: tuple[int, int], preset: Preset, steps: int, guided: bool = False
+                  ) -> memory.TilePlan | None:
         """How a scale too big to run whole runs in tiles, None where it runs whole (memory.tile_for)."""
         try:
             return memory.tile_for(hw, [*preset.content_layers, *preset.style_layers], preset.history_size, steps,
-                                   self.work_memory, spill_to_host=self.device.type != "cpu")
+                                   self.work_memory, spill_to_host=self.device.type != "cpu", guided=guided)
         except memory.DoesNotFit as too_big:
             raise EngineError(
                 f"preset {preset.name!r}: {hw[1]}x{hw[0]} px does not fit engine.max_memory "
@@ -376,13 +396,15 @@ class Engine:
         """Tile px for the Gram pass of a style image of hw pixels, None where it fits whole in work_memory."""
         return memory.style_tile(hw, preset.style_layers, self.work_memory)
 
-    def _batches(self, contents: Sequence[torch.Tensor], preset: Preset, resume: Sequence[Resume | None]
-                 ) -> list[tuple[tuple[int, int], list[int]]]:
+    def _batches(self, contents: Sequence[torch.Tensor], preset: Preset, resume: Sequence[Resume | None],
+                 masks: Sequence[torch.Tensor | None]) -> list[tuple[tuple[int, int], list[int]]]:
         """(output size, content indices) per batch: photos of one output size, as many as fit work_memory.
 
-        A photo with a resume runs alone: its batch mates would be at other scales.
+        A photo with a resume runs alone: its batch mates would be at other
+        scales. Photos with masks and photos without are batched apart (their
+        objectives differ in kind).
         """
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         batches = []
         for i, image in enumerate(contents):
             if image.dim() != 3 or image.shape[0] != 3:
@@ -390,11 +412,61 @@ class Engine:
             if resume[i] is not None:
                 batches.append((output_size(*image.shape[-2:], preset), [i]))
             else:
-                groups.setdefault(output_size(*image.shape[-2:], preset), []).append(i)
-        for hw, members in groups.items():
-            per_batch = memory.batch_size(hw, preset.history_size, self.work_memory, self.device.type == "cpu")
+                groups.setdefault((output_size(*image.shape[-2:], preset), masks[i] is None), []).append(i)
+        for (hw, plain), members in groups.items():
+            per_batch = memory.batch_size(hw, preset.history_size, self.work_memory, self.device.type == "cpu",
+                                          guided=not plain)
             batches += [(hw, members[k:k + per_batch]) for k in range(0, len(members), per_batch)]
         return batches
+
+    @staticmethod
+    def _checked_masks(masks, contents, preset: Preset) -> list[torch.Tensor | None]:
+        """One mask (or None) per content, each [R, h, w] with R the preset's regions; ValueError otherwise."""
+        masks = list(masks) if masks is not None else [None] * len(contents)
+        if len(masks) != len(contents):
+            raise ValueError(f"{len(masks)} masks for {len(contents)} content images")
+        regions = len(preset.region_list())
+        for i, mask in enumerate(masks):
+            if mask is None:
+                if preset.regions is not None and not preset.styles:
+                    raise ValueError(f"preset {preset.name!r} names regions and no styles of its own, so content "
+                                     f"image {i} needs a mask")
+                continue
+            if mask.dim() != 3 or mask.shape[0] != regions:
+                names = ", ".join(name for name, _, _ in preset.region_list())
+                raise ValueError(f"mask {i} must be [{regions}, H, W] (regions: {names}), got {tuple(mask.shape)}")
+        return masks
+
+    def _guide(self, mask: torch.Tensor | None, hw: tuple[int, int], preset: Preset
+               ) -> dict[str, torch.Tensor] | None:
+        """One mask [R, h, w] at each style layer's resolution of an image of `hw` px, [1, R, H_l, W_l]."""
+        if mask is None:
+            return None
+        weights = guidance.resize_weights(mask.to(self.device, self.dtype)[None], hw)
+        return guidance.at_layers(weights, preset.style_layers)
+
+    @staticmethod
+    def _check_regions(masks: torch.Tensor, preset: Preset, final_hw: tuple[int, int]) -> None:
+        """EngineError for a region with pixels in a mask but less than one position of the deepest style layer.
+
+        `masks` are the batch's region weights at the output size. Such a
+        region would carry no style term (GuidedStyleLoss's min_area); less
+        than one pixel in all is taken for resampling dust, not a region.
+        nst_watch.photo.mask.check_regions says the same about a mask file
+        before the engine runs.
+        """
+        layer = deepest(preset.style_layers)
+        stride = min_edge([layer])
+        area = masks.sum(dim=(2, 3))  # [N, R], output pixels
+        small = (area >= 1) & (area < stride * stride)
+        if bool(small.any()):
+            n, r = (int(i) for i in small.nonzero()[0])
+            name = preset.region_list()[r][0]
+            raise EngineError(
+                f"preset {preset.name!r}: region {name!r} of mask {n} covers {float(area[n, r]):.0f} px of the "
+                f"{final_hw[1]}x{final_hw[0]} output, less than one position of layer {layer} ({stride}x{stride} px), "
+                f"so it cannot carry a style; paint it at least {stride}x{stride} px at the output size, raise size, "
+                f"or leave {layer} out of style_layers")
 
     # --- precision ------------------------------------------------------------
 
@@ -412,7 +484,7 @@ class Engine:
     # --- one batch, scale by scale ---------------------------------------------
 
     def _run(self, batch: torch.Tensor, preset: Preset, styles, progress, resume: Resume | None = None,
-             fingerprint: str = "") -> list[StylizeResult]:
+             fingerprint: str = "", masks: torch.Tensor | None = None) -> list[StylizeResult]:
         start = time.perf_counter()
         final_hw = fit_long_edge(*batch.shape[-2:], preset.size)
         layers = [*preset.content_layers, *preset.style_layers]
@@ -433,6 +505,8 @@ class Engine:
                 f"{fit_size(h, w, need)}"
             )
         shapes = [fit_long_edge(*batch.shape[-2:], edge) if edge != preset.size else final_hw for edge in sizes]
+        if masks is not None:
+            self._check_regions(masks, preset, final_hw)
         clock = Clock(preset.name, len(batch), list(zip(shapes, iterations)), start, progress, self.report_every,
                       preset.early_stop)
         timings = {"style_targets": 0.0}
@@ -445,20 +519,23 @@ class Engine:
                 image, steps = resume.image.to(self.device, self.dtype)[None], max(0, steps - resume.iteration)
                 clock.ran = resume.ran
             content = resize(batch, hw)
+            guide = None if masks is None else guidance.at_layers(guidance.resize_weights(masks, hw),
+                                                                  preset.style_layers)
+
             t0 = time.perf_counter()
-            tile = self._tile_for(hw, preset, steps) if len(batch) == 1 else None
+            tile = self._tile_for(hw, preset, steps, masks is not None) if len(batch) == 1 else None
             extractor = self._extractor(preset, self._network(len(batch) * hw[0] * hw[1]))
             first = color.luminance(content) if preset.color == "luminance" else content
             with memory.return_freed_memory(tile is not None and self.device.type == "cpu"):
                 if tile is None:
-                    objective = self._objective(extractor, content, preset, styles, edge)
+                    objective = self._objective(extractor, content, preset, styles, edge, guide)
                     x = self._initial(first, preset, image)
                     optimiser = self._optimiser(x, preset, steps)
                 else:
                     # Too big for max_memory in one piece (or for a GPU kernel's int32 indexing):
                     # the exact tiled objective; the image and its L-BFGS history stay on the
                     # device where they fit beside the tiles, else on the host.
-                    objective = self._tiled_objective(extractor, content, preset, styles, edge, tile.tile)
+                    objective = self._tiled_objective(extractor, content, preset, styles, edge, tile.tile, guide)
                     where = self.device if tile.on_device else torch.device("cpu")
                     x = self._initial(first, preset, image).to(where, memory_format=torch.contiguous_format)
                     optimiser = LBFGS(x, history=tile.history)
@@ -546,52 +623,91 @@ class Engine:
     # --- one scale's objective --------------------------------------------------
 
     def _objective(self, extractor: FeatureExtractor, content: torch.Tensor, preset: Preset, styles,
-                   edge: int) -> StyleTransferObjective:
-        """The objective of one scale, for a batch of photos `content` [N, 3, H, W] at that scale."""
+                   edge: int, guide: dict[str, torch.Tensor] | None = None) -> StyleTransferObjective:
+        """The objective of one scale, for a batch of photos `content` [N, 3, H, W] at that scale.
+
+        `guide` maps each style layer to the batch's region weights at its
+        resolution (guidance.at_layers), for photos with masks.
+        """
         luminance = preset.color == "luminance"
         seen = gray_to_rgb(color.luminance(content)) if luminance else content
         with torch.no_grad():
             content_features = extractor(seen)
+        own = None if guide is None else (
+            lambda: {name: guided_gram_matrices(content_features[name], guide[name]) for name in preset.style_layers})
         return StyleTransferObjective(
             extractor,
             {name: ContentLoss(content_features[name], preset.content_weight) for name in preset.content_layers},
-            self._style_losses(extractor, preset, styles, edge, content),
+            self._style_losses(extractor, preset, styles, edge, content, guide, own),
             TVLoss(preset.tv_weight),
             gray_to_rgb if luminance else identity,
         )
 
     def _tiled_objective(self, extractor: FeatureExtractor, content: torch.Tensor, preset: Preset, styles,
-                         edge: int, tile: int) -> TiledObjective:
+                         edge: int, tile: int, guide: dict[str, torch.Tensor] | None = None) -> TiledObjective:
         """The objective of `_objective` for one photo [1, 3, H, W], computed in tiles of `tile` px."""
         luminance = preset.color == "luminance"
+        seen = color.luminance(content) if luminance else content
+        render = gray_to_rgb if luminance else identity
+        own = None if guide is None else (lambda: guided_gram_matrices_tiled(
+            extractor, seen, guide, preset.style_layers, tile, device=self.device, dtype=self.dtype,
+            channels_last=self.channels_last, render=render))
         return TiledObjective(
             extractor,
-            color.luminance(content) if luminance else content,
+            seen,
             content_layers=preset.content_layers,
             content_weight=preset.content_weight,
-            style=self._style_losses(extractor, preset, styles, edge, content),
+            style=self._style_losses(extractor, preset, styles, edge, content, guide, own),
             tv=TVLoss(preset.tv_weight),
-            render=gray_to_rgb if luminance else identity,
+            render=render,
             tile=tile,
             device=self.device,
             dtype=self.dtype,
             channels_last=self.channels_last,
         )
 
-    def _style_losses(self, extractor, preset: Preset, styles, edge: int, content) -> dict[str, StyleLoss]:
-        grams = self._style_targets(extractor, preset, styles, edge, content)
+    def _style_losses(self, extractor, preset: Preset, styles, edge: int, content,
+                      guide: dict[str, torch.Tensor] | None = None, own=None) -> dict[str, nn.Module]:
+        """Each style layer's loss: StyleLoss against the blended Grams, or GuidedStyleLoss per region of a mask.
+
+        With `guide`, a region with styles is matched to the blend of its
+        own style images, and a region that keeps the photo to the photo's
+        own Grams over that region (`own()`: [N, R, C, C] per layer), so
+        its texture stays the photo's and only its border is harmonised
+        with its neighbours.
+        """
         weights = layer_weights(preset.style_layers, preset.style_layer_weights)
-        return {name: StyleLoss(grams[name], preset.style_weight * weights[name]) for name in preset.style_layers}
+        if guide is None:
+            whole, blend = guidance.whole_styles(preset, styles) if preset.regions is not None else (styles, None)
+            grams = self._style_targets(extractor, preset, whole, blend, edge, content)
+            return {name: StyleLoss(grams[name], preset.style_weight * weights[name])
+                    for name in preset.style_layers}
+        n = len(content)
+        photo = own() if any(group is None for group in guidance.region_styles(preset, styles)) else None
+        per_region = []
+        for r, group in enumerate(guidance.region_styles(preset, styles)):
+            if group is None:
+                per_region.append({name: photo[name][:, r] for name in preset.style_layers})
+            else:
+                grams = self._style_targets(extractor, preset, group[0], group[1], edge, content)
+                per_region.append({name: grams[name].expand(n, -1, -1) for name in preset.style_layers})
+        return {name: GuidedStyleLoss(torch.stack([g[name] for g in per_region], dim=1), guide[name],
+                                      preset.style_weight * weights[name])
+                for name in preset.style_layers}
 
-    def _style_targets(self, extractor, preset: Preset, styles, edge: int, content) -> dict[str, torch.Tensor]:
-        """Blended Gram targets per style layer, cached per (preset, styles, size, precision).
+    def _style_targets(self, extractor, preset: Preset, styles, blend: list[float] | None, edge: int, content
+                       ) -> dict[str, torch.Tensor]:
+        """Blended Gram targets per style layer, cached per (preset, styles, blend, size, precision).
 
+        `blend` weighs `styles` (None: the preset's own `styles` weights).
         With colour matching the targets depend on each photo too, so they are
         per image ([N, C, C]) and the photo joins the cache key.
         """
+        blend = [s.weight for s in preset.styles] if blend is None else list(blend)
         key = (
             preset.fingerprint(),
             _digest(styles),
+            tuple(blend),
             self.settings.weights,
             edge,
             extractor.dtype,
@@ -600,15 +716,15 @@ class Engine:
         if key in self._targets:
             self._targets.move_to_end(key)
             return self._targets[key]
-        per_image = [self._blended_grams(extractor, preset, styles, edge, c[None]) for c in content] \
-            if preset.color != "none" else [self._blended_grams(extractor, preset, styles, edge, None)]
+        per_image = [self._blended_grams(extractor, preset, styles, blend, edge, c[None]) for c in content] \
+            if preset.color != "none" else [self._blended_grams(extractor, preset, styles, blend, edge, None)]
         grams = {name: torch.cat([g[name] for g in per_image]) for name in preset.style_layers}
         self._targets[key] = grams
         while len(self._targets) > self._cache_size:
             self._targets.popitem(last=False)
         return grams
 
-    def _blended_grams(self, extractor, preset, styles, edge, content) -> dict[str, torch.Tensor]:
+    def _blended_grams(self, extractor, preset, styles, blend, edge, content) -> dict[str, torch.Tensor]:
         per_style = []
         for style in styles:
             style = style.to(self.device, self.dtype)[None]
@@ -627,7 +743,6 @@ class Engine:
             with torch.no_grad():
                 features = extractor(style)
             per_style.append({name: gram_matrix(features[name]) for name in preset.style_layers})
-        blend = [s.weight for s in preset.styles]
         return {name: blend_grams([g[name] for g in per_style], blend) for name in preset.style_layers}
 
     @staticmethod

@@ -177,6 +177,111 @@ class StyleLoss(nn.Module):
         return torch.linalg.vector_norm(diff, dim=(1, 2), out=out), gradient.view(features.shape)
 
 
+class GuidedStyleLoss(nn.Module):
+    """Guided Gram matrix loss at one layer: each region's Gram matched to its own target (Gatys et al. 2017).
+
+    Spatial control, after Gatys, Ecker, Bethge, Hertzmann and Shechtman,
+    *Controlling Perceptual Factors in Neural Style Transfer* (CVPR 2017),
+    section 4: guidance channels T_r, one per region r, weight the feature
+    map, F_r = T_r o F, and the region's Gram G_r = F_r F_r^T is matched to
+    the region's target A_r.
+
+    `targets` is [N, R, C, C] (or [1, R, C, C] shared by the batch), the
+    Gram targets of the R regions; `guidance` is [N, R, H, W], the regions'
+    weights at this layer's resolution, in [0, 1] and summing to 1 over R at
+    every position (engine.guidance carries a mask there). Per image:
+
+        value = weight * sum_r  a_r |G_r - A_r|^2 / (C^2 E_A_r),
+        G_r = sum_p T_rp^2 F_p F_p^T / sum_p T_rp^2,   a_r = sum_p T_rp / M.
+
+    Departures from the paper, and why:
+
+    - G_r is normalised by the region's own mass sum_p T_rp^2 (the paper
+      leaves it unnormalised): a region's Gram is then the mean over its own
+      positions, so a small region is compared with its target on the same
+      footing as a large one, and a target computed from a whole style image
+      fits any region.
+    - Each region's term is weighted by its share a_r of the positions.
+      With G_r normalised by the region's mass, the pull on each of its
+      pixels would grow as 1/a_r; the share undoes that, so every pixel of
+      every region is pulled as hard as in an unmasked run, whatever the
+      region's size. With one region covering everything the value is
+      StyleLoss's exactly.
+    - A region covering less than `min_area` positions at this layer (a
+      coarse pyramid scale) gets no term there: its Gram would be a few
+      positions' noise. The engine refuses such a region at the final size.
+    """
+
+    def __init__(self, targets: torch.Tensor, guidance: torch.Tensor, weight: float = 1.0, min_area: float = 1.0):
+        super().__init__()
+        t = wide(guidance.detach())
+        n, r, h, w = t.shape
+        targets = wide(targets.detach())
+        c = targets.shape[-1]
+        targets = targets.expand(n, r, c, c).contiguous()
+        area = t.sum(dim=(2, 3))  # [N, R], in positions
+        mass = t.pow(2).sum(dim=(2, 3))
+        energy = targets.pow(2).mean(dim=(2, 3)) + _EPS
+        k = torch.where(area >= min_area, weight * (area / (h * w)) / (c * c * energy), torch.zeros_like(area))
+        root = k.sqrt()
+        self.register_buffer("guidance", t)  # [N, R, H, W]
+        self.register_buffer("target", targets)
+        self.register_buffer("root", root)  # sqrt(k), [N, R]
+        self.register_buffer("scale", (root / mass.clamp_min(_EPS)).reshape(n * r, 1, 1))  # sqrt(k) / mass
+        self.register_buffer("scaled_target", (-root[..., None, None] * targets).reshape(n * r, c, c))
+        self.register_buffer("area", area)
+        self.register_buffer("mass", mass.clamp_min(_EPS))  # sum_p T_rp^2, [N, R]
+        self.weight = float(weight)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        grams = guided_gram_matrices(features, self.guidance)
+        return (grams - self.target).mul(self.root[..., None, None]).pow(2).sum(dim=(1, 2, 3))
+
+    def root_and_gradient(self, features: torch.Tensor, out: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """([N] square roots of the values, d value / d features), without a graph; `out` receives the roots.
+
+        With s_r = sqrt(k_r) / mass_r and D_r = sqrt(k_r) (G_r - A_r), the
+        value is sum_r |D_r|^2 and its gradient sum_r 4 s_r T_r o (D_r F_r).
+        One region at a time: no temporary is larger than the features
+        themselves (memory, and GPU kernels' int32 indexing: memory.py).
+        """
+        n, c, h, w = features.shape
+        flat = flat_features(wide(features))
+        t = self.guidance.reshape(n, -1, 1, h * w)
+        scale = self.scale.reshape(n, -1, 1, 1)
+        target = self.scaled_target.reshape(n, -1, c, c)
+        squares = flat.new_zeros(n)
+        gradient = torch.zeros_like(flat, memory_format=torch.contiguous_format)
+        for r in range(t.shape[1]):
+            fr = flat * t[:, r]
+            diff = torch.baddbmm(target[:, r], fr * scale[:, r], fr.mT)  # D_r
+            squares += diff.pow(2).sum(dim=(1, 2))
+            gradient += torch.bmm(diff * (4 * scale[:, r]), fr).mul_(t[:, r])
+        roots = squares.sqrt()
+        if out is not None:
+            out.copy_(roots)
+        return roots, gradient.view(features.shape)
+
+
+def guided_gram_matrices(features: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    """Each region's Gram of [N, C, H, W] features under [N, R, H, W] guidance: [N, R, C, C].
+
+    sum_p T_rp^2 F_p F_p^T / sum_p T_rp^2 (GuidedStyleLoss's G_r), float32
+    or float64 like gram_matrix; a region with no mass gets zeros.
+    """
+    n, c, h, w = features.shape
+    with torch.autocast(features.device.type, enabled=False):
+        flat = flat_features(wide(features))
+        t = wide(guidance).to(flat.dtype).reshape(n, -1, 1, h * w)
+        mass = t.pow(2).sum(dim=(2, 3)).clamp_min(_EPS)  # [N, R]
+        grams = []
+        for r in range(t.shape[1]):  # one region at a time: no temporary larger than the features
+            fr = flat * t[:, r]
+            grams.append(torch.bmm(fr, fr.mT) / mass[:, r, None, None])
+        return torch.stack(grams, dim=1)
+
+
 class TVLoss(nn.Module):
     """Total variation: weight * (mean squared difference of horizontal neighbours + of vertical ones).
 

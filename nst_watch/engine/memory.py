@@ -38,6 +38,10 @@ from .tiled import Geometry
 # TILED_HOST_BYTES) besides the L-BFGS history.
 ACTIVATION_BYTES = 3200
 TILE_BYTES = 2200
+# What a mask (spatial control) adds a pixel: GuidedStyleLoss's temporaries at the widest style layer
+# (one region's weighted features, its gradient share and the summed gradient: three float32 maps of
+# 64 channels, 768 B), rounded up. Estimated from the tensors' sizes, not measured.
+GUIDED_BYTES = 800
 TILED_HOST_BYTES = 100
 VECTOR_BYTES = 12
 WORKSPACE_BYTES = 200 * 10**6  # on a CPU, kept out of work_memory
@@ -146,9 +150,12 @@ def _malloc_thresholds(size: int) -> bool:
     return bool(libc.mallopt(m_mmap_threshold, size) and libc.mallopt(m_trim_threshold, size))
 
 
-def untiled_bytes(hw: tuple[int, int], history: int) -> int:
-    """Estimated peak bytes of one untiled image of hw pixels with an L-BFGS history of `history` pairs."""
-    return hw[0] * hw[1] * (ACTIVATION_BYTES + (2 * history + 3) * VECTOR_BYTES)
+def untiled_bytes(hw: tuple[int, int], history: int, guided: bool = False) -> int:
+    """Estimated peak bytes of one untiled image of hw pixels with an L-BFGS history of `history` pairs.
+
+    `guided`: with a mask (GUIDED_BYTES more a pixel).
+    """
+    return hw[0] * hw[1] * (ACTIVATION_BYTES + (2 * history + 3) * VECTOR_BYTES + (GUIDED_BYTES if guided else 0))
 
 
 def indexable(pixels: int) -> bool:
@@ -156,7 +163,7 @@ def indexable(pixels: int) -> bool:
     return pixels * WIDEST_CHANNELS <= INDEX_LIMIT
 
 
-def batch_size(hw: tuple[int, int], history: int, work_memory: int, cpu: bool) -> int:
+def batch_size(hw: tuple[int, int], history: int, work_memory: int, cpu: bool, guided: bool = False) -> int:
     """How many images of hw pixels one batch optimises: what work_memory holds, at least 1.
 
     Never so many that an activation of the batch reaches INDEX_LIMIT
@@ -166,7 +173,7 @@ def batch_size(hw: tuple[int, int], history: int, work_memory: int, cpu: bool) -
     faster at 128 px, 0.99-1.10x at 256 px).
     """
     pixels = hw[0] * hw[1]
-    size = max(1, work_memory // untiled_bytes(hw, history))
+    size = max(1, work_memory // untiled_bytes(hw, history, guided))
     size = min(size, max(1, INDEX_LIMIT // (WIDEST_CHANNELS * pixels)))
     if cpu:
         size = min(size, max(1, CPU_BATCH_PIXELS // pixels))
@@ -185,7 +192,7 @@ class TilePlan:
 
 
 def tile_for(hw: tuple[int, int], layers, history: int, steps: int, work_memory: int,
-             spill_to_host: bool) -> TilePlan | None:
+             spill_to_host: bool, guided: bool = False) -> TilePlan | None:
     """How a scale of `steps` iterations runs in tiles (TilePlan); None where it runs whole.
 
     A scale runs whole when its untiled estimate fits work_memory and its
@@ -207,16 +214,18 @@ def tile_for(hw: tuple[int, int], layers, history: int, steps: int, work_memory:
     """
     history = min(history, max(1, steps))
     pixels = hw[0] * hw[1]
-    if untiled_bytes(hw, history) <= work_memory and indexable(pixels):
+    if untiled_bytes(hw, history, guided) <= work_memory and indexable(pixels):
         return None
     geometry = Geometry.of(layers)
+    per_tile_pixel = TILE_BYTES + (GUIDED_BYTES if guided else 0)
     half = (work_memory // 2 // pixels - TILED_HOST_BYTES) // (2 * VECTOR_BYTES)
     kept = min(history, max(half, MIN_HISTORY))
-    tile = _largest_tile(work_memory - pixels * (TILED_HOST_BYTES + 2 * kept * VECTOR_BYTES), geometry)
+    tile = _largest_tile(work_memory - pixels * (TILED_HOST_BYTES + 2 * kept * VECTOR_BYTES), geometry,
+                         per_tile_pixel)
     if tile is not None:
         return TilePlan(tile, kept, on_device=True)
     if spill_to_host:
-        tile = _largest_tile(work_memory, geometry)
+        tile = _largest_tile(work_memory, geometry, per_tile_pixel)
         if tile is not None:
             return TilePlan(tile, history, on_device=False)
     state = 0 if spill_to_host else pixels * (TILED_HOST_BYTES + 2 * MIN_HISTORY * VECTOR_BYTES)
@@ -246,9 +255,9 @@ def ample_tiled_bytes(layers) -> int:
     return math.ceil(MARGIN * untiled_bytes((2 * geometry.halo + 4 * geometry.align,) * 2, 0))
 
 
-def _largest_tile(budget: int, geometry: Geometry) -> int | None:
+def _largest_tile(budget: int, geometry: Geometry, per_pixel: int = TILE_BYTES) -> int | None:
     """The largest tile on the pooling grid whose halo-padded square fits `budget` bytes and stays indexable."""
-    side = min(int(math.sqrt(max(budget, 0) / TILE_BYTES)), math.isqrt(INDEX_LIMIT // WIDEST_CHANNELS))
+    side = min(int(math.sqrt(max(budget, 0) / per_pixel)), math.isqrt(INDEX_LIMIT // WIDEST_CHANNELS))
     tile = (side - 2 * geometry.halo) // geometry.align * geometry.align
     return tile if tile >= 2 * geometry.align else None
 

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import min_edge
-from .losses import _EPS, StyleLoss, TVLoss, gram_matrix, wide
+from .losses import _EPS, GuidedStyleLoss, StyleLoss, TVLoss, gram_matrix, wide
 from .vgg import LAYER_NAMES, FeatureExtractor, layer_index
 
 
@@ -161,6 +161,51 @@ def add_grams(kept: Mapping[str, torch.Tensor], sums: dict, counts: dict) -> Non
         counts[name] = counts.get(name, 0) + f.shape[-2] * f.shape[-1]
 
 
+def owned_guidance(tile: Tile, guidance: torch.Tensor, name: str, owned_shape: tuple[int, int]) -> torch.Tensor:
+    """The part of the whole image's guidance [N, R, H_l, W_l] at layer `name` under `tile`'s owned features.
+
+    Tile origins sit on the pooling grid, so the owned features of a tile
+    whose top-left owned pixel is (top, left) start at (top, left) / stride
+    in the whole image's feature map.
+    """
+    stride = min_edge([name])
+    top, _, left, _ = tile.own
+    y, x = top // stride, left // stride
+    return guidance[..., y:y + owned_shape[0], x:x + owned_shape[1]]
+
+
+def guided_sums(features: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    """sum_p T_rp^2 F_p F_p^T per region of [1, C, h, w] features under [1, R, h, w] guidance: [R, C, C]."""
+    c = features.shape[1]
+    m = features.shape[-2] * features.shape[-1]
+    flat, t = features.reshape(c, m), guidance.to(features.dtype).reshape(-1, 1, m)
+    return torch.stack([(flat * t[r]) @ (flat * t[r]).T for r in range(len(t))])  # a region at a time
+
+
+def guided_gram_matrices_tiled(extractor: FeatureExtractor, image: torch.Tensor, guide: Mapping[str, torch.Tensor],
+                               layers: Sequence[str], tile: int, *, device: torch.device,
+                               dtype: torch.dtype = torch.float32, channels_last: bool = True,
+                               render: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+                               ) -> dict[str, torch.Tensor]:
+    """losses.guided_gram_matrices of `image` [1, C, H, W] under `guide` (layer -> [1, R, H_l, W_l]), by tiles.
+
+    Each region's Gram is a sum over positions divided by the region's
+    mass, so tiles add their owned positions' sums exactly. [1, R, C, C] per layer.
+    """
+    grid = tiles(*image.shape[-2:], tile, Geometry.of(layers))
+    sums: dict = {}
+    for _, t, kept in tile_features(extractor, image, grid, layers, device=device, dtype=dtype,
+                                    channels_last=channels_last, render=render):
+        for name, f in kept.items():
+            g = owned_guidance(t, guide[name], name, tuple(f.shape[-2:]))
+            sums[name] = sums.get(name, 0.0) + guided_sums(f, g)
+    out = {}
+    for name in layers:
+        mass = wide(guide[name]).pow(2).sum(dim=(2, 3)).clamp_min(_EPS).to(sums[name].dtype)  # [1, R]
+        out[name] = (sums[name] / mass.reshape(-1, 1, 1))[None]
+    return out
+
+
 def gram_matrices(extractor: FeatureExtractor, image: torch.Tensor, layers: Sequence[str], tile: int, *,
                   device: torch.device, dtype: torch.dtype = torch.float32,
                   channels_last: bool = True) -> dict[str, torch.Tensor]:
@@ -247,6 +292,13 @@ class TiledObjective:
             total = total + share
         return total * self.content_weight
 
+    def _gram_sum(self, tile: Tile, name: str, f: torch.Tensor):
+        """The owned positions' Gram sum at layer `name`: [C, C], or [R, C, C] per region under a guided loss."""
+        loss = self.style[name]
+        if not isinstance(loss, GuidedStyleLoss):
+            return gram_sum(f)
+        return guided_sums(f, owned_guidance(tile, loss.guidance, name, tuple(f.shape[-2:])))
+
     def terms(self, image: torch.Tensor) -> torch.Tensor:
         """[3, 1] weighted terms at `image` (by a whole terms_and_gradient: a tiled scale keeps no cheaper way)."""
         return self.terms_and_gradient(image)[0]
@@ -267,15 +319,21 @@ class TiledObjective:
         image = image.detach()
         # Pass 1: global Grams, no graph kept.
         sums: dict = {}
-        for i, _, kept in self._tile_features(image, self.style_layers):
-            add_grams(kept, sums, {})
+        for i, tile, kept in self._tile_features(image, self.style_layers):
+            for name, f in kept.items():
+                sums[name] = sums.get(name, 0.0) + self._gram_sum(tile, name, f)
             report(i + 1, passes)
         style = 0.0
         coefficients = {}
         for name, loss in self.style.items():
-            diff = (sums[name] / self.positions[name] - loss.target[0]) * loss.root[0]
+            if isinstance(loss, GuidedStyleLoss):  # per region r: D_r = sqrt(k_r) (G_r - A_r)
+                root = loss.root[0].reshape(-1, 1, 1)
+                diff = (sums[name] / loss.mass[0].reshape(-1, 1, 1) - loss.target[0]) * root
+            else:
+                root = loss.root[0]
+                diff = (sums[name] / self.positions[name] - loss.target[0]) * root
             style += float(diff.pow(2).sum())
-            coefficients[name] = 2 * loss.root[0] * diff  # d style_l / d G
+            coefficients[name] = 2 * root * diff  # d style_l / d G (per region)
         # Pass 2: each tile's share of the gradient, added into one image, and of the
         # content term (a sum over positions, so its value needs no first pass).
         gradient = torch.zeros(image.shape, dtype=self.dtype, device=image.device)
@@ -286,7 +344,10 @@ class TiledObjective:
             surrogate = self._content_sum(i, tile, features)
             content += float(surrogate.detach())
             for name in self.style_layers:
-                tile_gram = gram_sum(owned(tile, features, name)) / self.positions[name]
+                f = owned(tile, features, name)
+                loss = self.style[name]
+                norm = loss.mass[0].reshape(-1, 1, 1) if isinstance(loss, GuidedStyleLoss) else self.positions[name]
+                tile_gram = self._gram_sum(tile, name, f) / norm
                 surrogate = surrogate + (coefficients[name] * tile_gram).sum()
             surrogate.backward()
             top, bottom, left, right = tile.read
