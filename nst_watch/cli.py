@@ -442,47 +442,100 @@ def status(config_path: Path, as_json: bool, recent: int) -> None:
 @_config_option
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-p", "--preset", "presets", multiple=True, required=True, help="Preset (repeat for several).")
+@click.option("--mask", "masks", multiple=True, type=click.Path(path_type=Path),
+              help="The photo's mask: a painted image saying where each style goes (one per FILE, in order).")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("."), show_default=True,
               help="Where the results go.")
 @click.option("--json", "as_json", is_flag=True)
-def submit(config_path: Path, files, presets, out_dir: Path, as_json: bool) -> None:
-    """Queue FILES for a running daemon (from Lightroom, a script, ...). Originals are never moved."""
+def submit(config_path: Path, files, presets, masks, out_dir: Path, as_json: bool) -> None:
+    """Queue FILES for a running daemon (from Lightroom, a script, ...). Originals (and masks) are never moved.
+
+    A mask (--mask, one per FILE) is checked against each preset before
+    anything is queued: readable, the photo's aspect ratio, only colours the
+    preset's regions name, no region too small at the preset's size. A
+    preset that names regions needs one.
+    """
     from .photo.decode import sniff
     from .service.identity import file_sha256, preset_hash, size_bucket
 
     config = load_config(config_path)
     chosen = {name: config.preset(name) for name in presets}
+    if masks and len(masks) != len(files):
+        raise click.UsageError(f"--mask given {len(masks)} time(s) for {len(files)} file(s): give one --mask per "
+                               "FILE, in the same order")
     records, bad = [], 0
+
+    def refuse(path: Path, error: str, **extra) -> None:
+        nonlocal bad
+        log.error("%s; not queued", error)
+        records.append({"file": str(path), **extra, "error": error})
+        bad += 1
+
     with _ledger(config) as ledger:
-        for path in files:
+        for path, mask in zip(files, masks or [None] * len(files)):
             path = path.resolve()
-            if not path.is_file() or path.is_symlink():
-                log.error("%s: not a regular file; not queued", path)
-                records.append({"file": str(path), "error": "not a regular file"})
-                bad += 1
+            mask = mask.resolve() if mask is not None else None
+            problem = next((f"{p}: not a regular file" for p in (path, mask)
+                            if p is not None and (not p.is_file() or p.is_symlink())), None)
+            if problem is not None:
+                refuse(path, problem)
                 continue
             try:  # what is no photo fails here, at once, rather than once per preset in the queue
                 with open(path, "rb") as f:
                     sniff(path, f)
             except PhotoError as exc:
-                log.error("%s; not queued", exc)
-                records.append({"file": str(path), "error": str(exc)})
-                bad += 1
+                refuse(path, str(exc))
                 continue
             sha = file_sha256(path)
+            mask_sha = file_sha256(mask) if mask is not None else None
             for name, preset in chosen.items():
+                problem = _submit_mask_problem(path, mask, preset, config.max_pixels)
+                if problem is not None:
+                    refuse(path, problem, preset=name)
+                    continue
                 result = ledger.add(sha256=sha, preset=name, preset_hash=preset_hash(preset), source_path=path,
-                                    output_dir=out_dir.resolve(), bucket=size_bucket(path, preset.size))
+                                    output_dir=out_dir.resolve(), bucket=size_bucket(path, preset.size),
+                                    mask_path=mask, mask_sha256=mask_sha)
                 job = result.job
-                records.append({"file": str(path), "preset": name, "job": job.id, "created": result.created,
-                                "state": job.state, "output": job.output_path})
+                records.append({"file": str(path), "preset": name, "mask": str(mask) if mask else None,
+                                "job": job.id, "created": result.created, "state": job.state,
+                                "output": job.output_path})
                 if not as_json:
                     word = "queued" if result.created else f"already {job.state}"
-                    click.echo(f"{path} [{name}]: {word} (job {job.id})")
+                    with_mask = f" with mask {mask.name}" if mask else ""
+                    click.echo(f"{path} [{name}]{with_mask}: {word} (job {job.id})")
     if as_json:
         click.echo(json.dumps(records, indent=2))
     if bad:
         sys.exit(EXIT_FAILURE)
+
+
+def _submit_mask_problem(photo: Path, mask: Path | None, preset, max_pixels: int) -> str | None:
+    """Why `mask` (or its absence) cannot serve `photo` with `preset`, naming the file and the fix; None if fine.
+
+    Torch-free: the mask is read (nst_watch.photo.mask) and checked at the
+    output size the photo's header gives.
+    """
+    from .service.identity import size_bucket
+
+    if mask is None:
+        if preset.needs_mask:
+            return (f"{photo}: preset {preset.name!r} names regions, so it needs a mask: give --mask FILE (a "
+                    "painted image in the regions' colours)")
+        return None
+    from .photo.decode import displayed_size
+    from .photo.mask import check_regions, load_mask
+
+    try:
+        width, height, _ = displayed_size(photo)
+        loaded = load_mask(mask, preset, photo_size=(width, height), max_pixels=max_pixels)
+        out_w, out_h = map(int, size_bucket(photo, preset.size).split("x"))
+        check_regions(loaded, preset, (out_h, out_w))
+    except PhotoError as exc:  # MaskError among them
+        return str(exc)
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"{photo}: cannot be read to check its mask {mask}: {exc}"
+    return None
 
 
 @main.command()

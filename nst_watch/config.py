@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -351,6 +352,59 @@ DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.tif", "*.tiff", "*.webp", "*.h
                    "*.dng", "*.cr2", "*.cr3", "*.nef", "*.arw", "*.raf", "*.orf", "*.rw2"]
 
 
+DEFAULT_MASK_NAMES = ["{stem}.mask.png", "{stem}.mask.tif", "{stem}.mask.tiff"]
+
+
+def _mask_name_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot name a photo's mask, or None (see MaskSettings.names)."""
+    if pattern.count("{stem}") != 1:
+        return "must hold {stem} (the photo's name without its extension) exactly once, e.g. {stem}.mask.png"
+    rest = pattern.replace("{stem}", "")
+    if "{" in rest or "}" in rest:
+        return "knows only the token {stem}; remove the other braces"
+    if "/" in rest or "\\" in rest:
+        return "names a file beside the photo: no folders (no / or \\)"
+    if pattern.startswith("."):
+        return "starts with a dot, and nst-watch ignores dot files (temp and system files): drop the dot"
+    if re.fullmatch(r"\.[^.]+", rest) and pattern.startswith("{stem}"):
+        return (f"would make every {rest} file a mask and none a photo: add a word beside {{stem}}, "
+                f"e.g. {{stem}}.mask{rest}")
+    if pattern == "{stem}":
+        return "would make every file a mask: add a word and an extension, e.g. {stem}.mask.png"
+    return None
+
+
+class MaskSettings(_Strict):
+    """Masks beside the photos in a hot folder (Gatys et al. 2017 spatial control; README "Masks").
+
+    A file whose name fits one of `names` is a mask: a sidecar that settles
+    like a photo but is never stylised itself, nor moved on its own (it goes
+    with its photo). A photo whose preset names `regions` waits for its mask
+    up to `wait_seconds`, then `missing` says what happens: `fail` (the
+    default: the photo goes to failed/ with a report saying which mask to
+    add) or `run` (the preset's own `styles` over the whole photo). A preset
+    without regions takes a mask when one is there as the photo is queued.
+    """
+
+    names: Annotated[list[str], Field(min_length=1)] = Field(
+        default_factory=lambda: list(DEFAULT_MASK_NAMES),
+        description="mask file names beside the photo; {stem} is the photo's name without its extension")
+    wait_seconds: Annotated[float, SECONDS] = Field(
+        120.0, ge=0, description="how long a photo whose preset needs a mask waits for it, in seconds")
+    missing: Literal["fail", "run"] = Field(
+        "fail", description="no mask after wait_seconds: fail (photo to failed/ with a report) or run (the "
+        "preset's own styles over the whole photo)")
+
+    @field_validator("names")
+    @classmethod
+    def _names_name_masks(cls, names: list[str]) -> list[str]:
+        for pattern in names:
+            problem = _mask_name_problem(pattern)
+            if problem:
+                raise ValueError(f"{pattern!r} {problem}")
+        return names
+
+
 class Watch(_Strict):
     """An input folder, the presets its photos get, and where results go."""
 
@@ -369,6 +423,7 @@ class Watch(_Strict):
     template: str = "{stem}-{preset}.{ext}"
     collision: Literal["suffix", "skip", "overwrite"] = "suffix"
     format: Literal["jpeg", "png", "webp", "tiff"] | None = Field(None, description="overrides the preset's")
+    mask: MaskSettings = MaskSettings()
 
     @field_validator("processed")
     @classmethod
@@ -529,6 +584,14 @@ class Config(_Strict):
                 if preset not in self.presets:
                     known = ", ".join(sorted(self.presets)) or "none defined"
                     raise ValueError(f"watches.{i} ({watch.name}): unknown preset {preset!r} (presets: {known})")
+            if watch.mask.missing == "run":
+                for name in watch.presets or sorted(self.presets):
+                    preset = self.presets[name]
+                    if preset.needs_mask and not preset.styles:
+                        raise ValueError(
+                            f"watches.{i}.mask.missing ({watch.name}): run, but preset {name!r} names regions and "
+                            "no styles of its own, so a photo without a mask has nothing to run with: give the "
+                            f"preset styles: for such photos, or set missing: fail")
         return self
 
     def preset(self, name: str) -> Preset:

@@ -1,8 +1,10 @@
 """The durable job ledger: one SQLite file shared by the watcher, the workers and `status`.
 
-A *job* is one (photo, preset) pair. Its identity, and so the idempotency key,
-is (content sha256, preset name, preset hash): dropping the same photo twice,
-or restarting the watcher and rescanning a folder, never makes a second job.
+A *job* is one (photo, preset) pair, with the photo's mask if it has one.
+Its identity, and so the idempotency key, is (content sha256, preset name,
+preset hash, mask sha256): dropping the same photo twice, or restarting the
+watcher and rescanning a folder, never makes a second job; a mask that
+arrives later, or changes, does (nst_watch.service.identity).
 
 States::
 
@@ -60,6 +62,8 @@ DONE = "done"
 FAILED = "failed"  # permanent error: retrying cannot help (corrupt, unsupported, too large)
 DEAD = "dead"  # transient errors or lost leases used up max_attempts
 STATES = (PENDING, LEASED, DONE, FAILED, DEAD)
+# How the error of a job put aside for another begins (Ledger.supersede, Ledger.rekey): see Job.put_aside.
+PUT_ASIDE = ("superseded by job", "put aside:")
 
 
 class LedgerError(NstWatchError):
@@ -95,10 +99,17 @@ class Job:
     finished_at: float | None  # when it became done / failed / dead
     priority: int
     lost_leases: int  # how many attempts ended with the lease expiring (worker crashed or hung)
+    mask_path: str | None = None  # the photo's mask (Gatys et al. 2017 spatial control), where it is now
+    mask_sha256: str | None = None  # its bytes' hash, part of the job's identity; None: no mask
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of every column."""
         return dataclasses.asdict(self)
+
+    @property
+    def put_aside(self) -> bool:
+        """Done without running: superseded by another job of its photo and preset (`Ledger.supersede`, `rekey`)."""
+        return self.state == DONE and self.output_path is None and (self.error or "").startswith(PUT_ASIDE)
 
 
 @dataclass
@@ -148,7 +159,8 @@ class AddResult:
 
 _JOB_COLUMNS = ", ".join(field.name for field in dataclasses.fields(Job))
 _MOVE_COLUMNS = ", ".join(field.name for field in dataclasses.fields(Move))
-_PATH_COLUMNS = ("source_path", "output_dir", "output_path")
+_PATH_COLUMNS = ("source_path", "output_dir", "output_path", "mask_path")
+NO_MASK = ""  # mask_sha256 as stored for a job without a mask: the UNIQUE key needs a value, not NULL
 
 
 def _path_in(path: str | os.PathLike | None) -> str | bytes | None:
@@ -254,7 +266,67 @@ def _schema_v2(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1, _schema_v2]
+def _schema_v3(conn: sqlite3.Connection) -> None:
+    """Masks: each job's mask path and its bytes' SHA-256, which joins the job's identity.
+
+    The identity is the table's UNIQUE key, which SQLite cannot alter, so
+    the table is rebuilt in place (SQLite's documented procedure, "Making
+    Other Kinds Of Table Schema Changes"): a new table with the key
+    (sha256, preset, preset_hash, mask_sha256), every row copied with its
+    id (the events keep pointing at their jobs), the old table dropped, the
+    new one renamed, the indexes made again. Ledger._migrate runs it with
+    foreign keys off (dropping `jobs` would otherwise delete every event)
+    and checks them before it commits. A job from before has no mask
+    (mask_sha256 NO_MASK), so its identity is what it was.
+    """
+    conn.execute(
+        f"""
+        CREATE TABLE jobs_v3 (
+            id            INTEGER PRIMARY KEY,
+            sha256        TEXT NOT NULL,
+            preset        TEXT NOT NULL,
+            preset_hash   TEXT NOT NULL,
+            source_path   TEXT NOT NULL,
+            watch         TEXT,
+            output_dir    TEXT,
+            bucket        TEXT,
+            state         TEXT NOT NULL DEFAULT 'pending' CHECK (state IN {STATES!r}),
+            attempts      INTEGER NOT NULL DEFAULT 0,
+            max_attempts  INTEGER NOT NULL,
+            lease_owner   TEXT,
+            lease_expires REAL,
+            available_at  REAL NOT NULL,
+            error         TEXT,
+            output_path   TEXT,
+            created_at    REAL NOT NULL,
+            updated_at    REAL NOT NULL,
+            started_at    REAL,
+            finished_at   REAL,
+            priority      INTEGER NOT NULL DEFAULT 0,
+            lost_leases   INTEGER NOT NULL DEFAULT 0,
+            mask_path     TEXT,
+            mask_sha256   TEXT NOT NULL DEFAULT '',
+            UNIQUE (sha256, preset, preset_hash, mask_sha256)
+        )"""
+    )
+    columns = ", ".join(name for name in _V2_JOB_COLUMNS)
+    conn.execute(f"INSERT INTO jobs_v3 ({columns}) SELECT {columns} FROM jobs")
+    conn.execute("DROP TABLE jobs")  # its indexes go with it
+    conn.execute("ALTER TABLE jobs_v3 RENAME TO jobs")
+    conn.execute("CREATE INDEX jobs_queue ON jobs (state, priority DESC, id)")
+    conn.execute("CREATE INDEX jobs_lease ON jobs (state, lease_expires)")
+    conn.execute("CREATE INDEX jobs_source ON jobs (source_path)")
+    conn.execute("CREATE INDEX jobs_updated ON jobs (updated_at)")
+    conn.execute("CREATE INDEX jobs_mask ON jobs (mask_sha256)")
+
+
+# The columns of `jobs` up to schema v2, as _schema_v3 copies them (fixed: never follows the Job class).
+_V2_JOB_COLUMNS = ("id", "sha256", "preset", "preset_hash", "source_path", "watch", "output_dir", "bucket", "state",
+                   "attempts", "max_attempts", "lease_owner", "lease_expires", "available_at", "error",
+                   "output_path", "created_at", "updated_at", "started_at", "finished_at", "priority",
+                   "lost_leases")
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1, _schema_v2, _schema_v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -378,18 +450,35 @@ class Ledger:
             ) from exc
 
     def _migrate(self) -> None:
-        """Bring the schema to SCHEMA_VERSION; the lock makes concurrent openers take turns."""
-        with self._write() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise LedgerError(
-                    f"{self.path}: the job ledger has schema version {version}, newer than this "
-                    f"nst-watch understands ({SCHEMA_VERSION}); upgrade nst-watch"
-                )
-            for step in MIGRATIONS[version:]:
-                step(conn)
-            if version != SCHEMA_VERSION:
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # transactional, like the DDL
+        """Bring the schema to SCHEMA_VERSION; the lock makes concurrent openers take turns.
+
+        Foreign keys are off while the steps run (they can only be switched
+        outside a transaction), so a step that rebuilds `jobs` (v3) keeps
+        every event; before the commit they are checked, and a ledger they
+        do not hold together in is left as it was (LedgerError).
+        """
+        conn = self._conn()
+        conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with self._write() as conn:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise LedgerError(
+                        f"{self.path}: the job ledger has schema version {version}, newer than this "
+                        f"nst-watch understands ({SCHEMA_VERSION}); upgrade nst-watch"
+                    )
+                for step in MIGRATIONS[version:]:
+                    step(conn)
+                if version != SCHEMA_VERSION:
+                    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise LedgerError(
+                            f"{self.path}: upgrading the job ledger from schema {version} to {SCHEMA_VERSION} "
+                            f"would leave {len(broken)} row(s) pointing at no job; the file is left as it was. "
+                            "Keep a copy of it and report this")
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # transactional, like the DDL
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
 
     def close(self) -> None:
         """Close every connection this Ledger opened (in any thread)."""
@@ -419,6 +508,7 @@ class Ledger:
             data = dict(row)
             for column in _PATH_COLUMNS:
                 data[column] = _path_out(data[column])
+            data["mask_sha256"] = data["mask_sha256"] or None
             jobs.append(Job(**data))
         return jobs
 
@@ -448,41 +538,113 @@ class Ledger:
         bucket: str | None = None,
         priority: int = 0,
         error: str | None = None,
+        mask_path: str | os.PathLike | None = None,
+        mask_sha256: str | None = None,
+        wait: tuple[float, str] | None = None,
     ) -> AddResult:
         """Enqueue one (photo, preset) job, or return the existing one unchanged.
 
-        The same (sha256, preset, preset_hash) again gives created=False and the
-        existing job whatever its state (done, failed and dead included): a
-        changed preset hash is what makes a photo run again, not a rescan.
+        The same (sha256, preset, preset_hash, mask_sha256) again gives
+        created=False and the existing job whatever its state (done, failed
+        and dead included): a changed preset hash, or another mask, is what
+        makes a photo run again, not a rescan. `mask_path` is where the mask
+        is (ValueError when only one of the two mask arguments is given).
 
         With `error` (a file the intake already knows no worker can read, such
         as one that is no image) the new job is recorded failed at once with
         that error, its one attempt spent, so it never waits in the queue;
-        `retry` queues it like any failed job.
+        `retry` queues it like any failed job. With `wait` = (seconds,
+        reason) a new job is pending but not claimable for that long, the
+        reason as its error (status lists it as waiting: a photo waiting for
+        its mask).
         """
         for name, value in (("sha256", sha256), ("preset", preset), ("preset_hash", preset_hash)):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty string, not {value!r}")
-        key = (sha256, preset, preset_hash)
+        if (mask_path is None) != (mask_sha256 is None) or mask_sha256 == NO_MASK:
+            raise ValueError(f"give a mask's path and its sha256 together, not {mask_path!r} and {mask_sha256!r}")
+        key = (sha256, preset, preset_hash, mask_sha256 or NO_MASK)
         state, attempts = (PENDING, 0) if error is None else (FAILED, 1)
+        delay, note = (0.0, error) if wait is None or error is not None else (float(wait[0]), wait[1])
         with self._write() as conn:
             now = self._clock()
             cursor = conn.execute(
-                """INSERT INTO jobs (sha256, preset, preset_hash, source_path, watch, output_dir, bucket,
-                                     state, attempts, error, finished_at, max_attempts, available_at,
-                                     created_at, updated_at, priority)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (sha256, preset, preset_hash) DO NOTHING""",
-                (*key, _path_in(source_path), watch, _path_in(output_dir), bucket, state, attempts,
-                 _text_in(error), None if error is None else now, self.max_attempts, now, now, now, int(priority)),
+                """INSERT INTO jobs (sha256, preset, preset_hash, mask_sha256, source_path, mask_path, watch,
+                                     output_dir, bucket, state, attempts, error, finished_at, max_attempts,
+                                     available_at, created_at, updated_at, priority)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (sha256, preset, preset_hash, mask_sha256) DO NOTHING""",
+                (*key, _path_in(source_path), _path_in(mask_path), watch, _path_in(output_dir), bucket, state,
+                 attempts, _text_in(note), None if error is None else now, self.max_attempts, now + delay, now, now,
+                 int(priority)),
             )
             created = cursor.rowcount == 1
-            (job,) = self._select(conn, "sha256 = ? AND preset = ? AND preset_hash = ?", key)
+            (job,) = self._select(conn, "sha256 = ? AND preset = ? AND preset_hash = ? AND mask_sha256 = ?", key)
             if created:
-                self._event(conn, job, now, PENDING, 0, f"added from {job.source_path}")
+                mask = f" with mask {job.mask_path}" if mask_path is not None else ""
+                self._event(conn, job, now, PENDING, 0, f"added from {job.source_path}{mask}")
                 if error is not None:
                     self._event(conn, job, now, FAILED, 1, f"permanent error: {error}")
+                elif delay:
+                    self._event(conn, job, now, PENDING, 0, note)
         return AddResult(job, created)
+
+    def postpone(self, job_ids: Iterable[int], delay: float, reason: str) -> int:
+        """Pending jobs not claimable for `delay` seconds from now, `reason` as their error; returns how many."""
+        ids = list(job_ids)
+        if not ids:
+            return 0
+        with self._write() as conn:
+            now = self._clock()
+            where = f"state = 'pending' AND id IN ({self._marks(ids)})"
+            jobs = self._select(conn, where, ids)
+            conn.execute(f"UPDATE jobs SET available_at = ?, error = ?, updated_at = ? WHERE {where}",
+                         (now + delay, _text_in(reason), now, *ids))
+            for job in jobs:
+                self._event(conn, job, now, PENDING, job.attempts, reason)
+        return len(jobs)
+
+    def revive(self, job_id: int) -> bool:
+        """A job put aside (Job.put_aside) pending again, with a fresh set of attempts: its mask came back."""
+        with self._write() as conn:
+            now = self._clock()
+            rows = self._select(conn, "id = ? AND state = 'done' AND output_path IS NULL", (int(job_id),))
+            if not rows or not rows[0].put_aside:
+                return False
+            conn.execute("""UPDATE jobs SET state = 'pending', attempts = 0, lost_leases = 0, available_at = ?,
+                                            error = NULL, finished_at = NULL, updated_at = ? WHERE id = ?""",
+                         (now, now, int(job_id)))
+            self._event(conn, rows[0], now, PENDING, 0, f"queued again (was {rows[0].error})")
+        return True
+
+    def supersede(self, job_ids: Iterable[int], note: str, *, owner: str | None = None) -> int:
+        """Put jobs aside for another of the same photo and preset (a newer mask): done, no output, `note` as why.
+
+        `note` begins with one of PUT_ASIDE ("superseded by job N", "put
+        aside:"), so that `Job.put_aside` knows the job again.
+
+        Without `owner`, jobs that are pending, failed or dead (a running one
+        finishes as it began); with it, the jobs `owner` holds leased. Returns
+        how many. Their photo's fate is then the other job's.
+        """
+        ids = list(job_ids)
+        if not ids:
+            return 0
+        where = (f"id IN ({self._marks(ids)}) AND " +
+                 ("state IN ('pending', 'failed', 'dead')" if owner is None else "state = 'leased' AND lease_owner = ?"))
+        params = (*ids,) if owner is None else (*ids, owner)
+        with self._write() as conn:
+            now = self._clock()
+            jobs = self._select(conn, where, params)
+            conn.execute(
+                f"""UPDATE jobs SET state = 'done', error = ?, output_path = NULL, lease_owner = NULL,
+                                    lease_expires = NULL, finished_at = ?, updated_at = ?
+                    WHERE {where}""",
+                (_text_in(note), now, now, *params),
+            )
+            for job in jobs:
+                self._event(conn, job, now, DONE, job.attempts, note)
+        return len(jobs)
 
     def claim(self, owner: str, *, limit: int = 1, presets: Collection[str] | None = None) -> list[Job]:
         """Lease up to `limit` pending jobs to `owner`, all of one preset, preset hash and bucket.
@@ -581,9 +743,10 @@ class Ledger:
         """
         with self._write() as conn:
             now = self._clock()
-            row = conn.execute("SELECT sha256, preset FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute("SELECT sha256, preset, mask_sha256 FROM jobs WHERE id = ?", (job_id,)).fetchone()
             other = conn.execute(
-                "SELECT id FROM jobs WHERE sha256 = ? AND preset = ? AND preset_hash = ?", (*row, preset_hash)
+                "SELECT id FROM jobs WHERE sha256 = ? AND preset = ? AND mask_sha256 = ? AND preset_hash = ?",
+                (*row, preset_hash)
             ).fetchone()
             if other is None:
                 conn.execute("UPDATE jobs SET preset_hash = ?, updated_at = ? WHERE id = ? AND lease_owner = ?",
@@ -755,6 +918,12 @@ class Ledger:
             conn.execute("UPDATE jobs SET source_path = ?, updated_at = ? WHERE id = ?",
                          (_path_in(source_path), self._clock(), int(job_id)))
 
+    def relocate_mask(self, mask_sha256: str, watch: str, mask_path: str | os.PathLike) -> None:
+        """Record that the mask of this content, in this watch, now lives at `mask_path` (moved back)."""
+        with self._write() as conn:
+            conn.execute("UPDATE jobs SET mask_path = ?, updated_at = ? WHERE mask_sha256 = ? AND watch = ?",
+                         (_path_in(mask_path), self._clock(), mask_sha256, watch))
+
     # --- originals on the move ----------------------------------------------------------
     # The steps of nst_watch.service.publish.move_original, each one short
     # transaction; a process killed between any two leaves a row that says
@@ -809,6 +978,9 @@ class Ledger:
             dest = _path_in(dest_path)
             conn.execute("UPDATE jobs SET source_path = ?, updated_at = ? WHERE sha256 = ? AND watch = ?",
                          (dest, now, row[0], row[1]))
+            # A mask on the move: the jobs that use it find it at its new place.
+            conn.execute("UPDATE jobs SET mask_path = ?, updated_at = ? WHERE mask_sha256 = ? AND watch = ?",
+                         (dest, now, row[0], row[1]))
             conn.execute("UPDATE moves SET dest_path = ?, placed = 1, updated_at = ? WHERE id = ?",
                          (dest, now, int(move_id)))
 
@@ -847,8 +1019,12 @@ class Ledger:
         return jobs[0] if jobs else None
 
     def jobs_for(self, sha256: str) -> list[Job]:
-        """Every job for one photo's content (one per preset and preset hash), oldest first."""
+        """Every job for one photo's content (one per preset, preset hash and mask), oldest first."""
         return self._select(self._conn(), "sha256 = ?", (sha256,), "ORDER BY id")
+
+    def jobs_with_mask(self, mask_sha256: str) -> list[Job]:
+        """Every job whose mask has this content, oldest first."""
+        return self._select(self._conn(), "mask_sha256 = ?", (mask_sha256,), "ORDER BY id")
 
     def counts(self) -> dict[str, int]:
         """Jobs per state, every state present (zeros included)."""

@@ -19,6 +19,7 @@ import socket
 import threading
 
 import numpy as np
+import torch
 
 from ..config import EngineSettings, Preset
 from ..darkroom import stylize_batch, to_tensor
@@ -49,17 +50,23 @@ class Stylist:
         return {"device": str(self.engine.device), "host": socket.gethostname(),
                 "node": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
-    def stylize(self, contents: list[np.ndarray], preset: Preset,
-                *styles) -> list[StylizeResult | EngineError] | None:
+    def stylize(self, contents: list[np.ndarray], preset: Preset, *styles,
+                masks: list[np.ndarray | None] | None = None) -> list[StylizeResult | EngineError] | None:
         """Stylise photos ([H, W, 3] float32 RGB in [0, 1]) with `preset` and its style images ([3, H, W] tensors).
 
-        Returns one StylizeResult or EngineError per photo, in order
-        (darkroom.stylize_batch), or None when `cancel` abandoned the batch.
+        `masks`: one mask's region weights ([R, h, w] float32, see
+        nst_watch.photo.mask) or None per photo. Returns one StylizeResult or
+        EngineError per photo, in order (darkroom.stylize_batch), or None
+        when `cancel` abandoned the batch.
         """
         self._cancel.clear()
         self._latest = None
+        extra = {}
+        if masks is not None and any(m is not None for m in masks):
+            extra["masks"] = [None if m is None else torch.from_numpy(np.ascontiguousarray(m)) for m in masks]
         try:
-            return stylize_batch(self.engine, [to_tensor(c) for c in contents], preset, list(styles), self._report)
+            return stylize_batch(self.engine, [to_tensor(c) for c in contents], preset, list(styles), self._report,
+                                 **extra)
         except _Abandoned:
             return None
         finally:

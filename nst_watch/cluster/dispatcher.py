@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import ray
+import torch
 from ray.exceptions import (ActorDiedError, GetTimeoutError, NodeDiedError, ObjectLostError, RayActorError,
                             RayTaskError, WorkerCrashedError)
 
@@ -268,14 +269,21 @@ class RemoteDarkroom(Darkroom):
             self.problem = None
         return self.info is not None
 
-    def stylize_photos(self, photos, preset: Preset, progress=None, resume=None) -> list:
+    def stylize_photos(self, photos, preset: Preset, progress=None, resume=None, masks=None) -> list:
         """Darkroom.stylize_photos on the actor. EngineLost when the actor dies; Cancelled from `progress`.
 
         `resume` is not carried to the actor: a photo kept from a local engine's interrupted run starts afresh.
+        Each mask (nst_watch.photo.mask.Mask, or None) travels with its photo as region weights at the
+        photo's output size.
         """
         styles = [self._refs.ref(image) for image in self.style_images(preset)]
         where = self.device
-        call = self.actor.stylize.remote([_at_output_size(p.pixels, preset) for p in photos], preset, *styles)
+        extra = {}
+        if masks is not None and any(m is not None for m in masks):
+            extra["masks"] = [None if m is None else _mask_at_output_size(m.weights, p.pixels.shape[:2], preset)
+                              for p, m in zip(photos, masks)]
+        call = self.actor.stylize.remote([_at_output_size(p.pixels, preset) for p in photos], preset, *styles,
+                                         **extra)
         try:
             while not ray.wait([call], timeout=PROGRESS_SECONDS)[0]:
                 self._poll(progress)
@@ -483,6 +491,21 @@ def _at_output_size(pixels: np.ndarray, preset: Preset) -> np.ndarray:
     if size == (height, width):
         return pixels
     return to_pixels(resize(to_tensor(pixels)[None], size)[0])
+
+
+def _mask_at_output_size(weights: np.ndarray, photo_hw: tuple[int, int], preset: Preset) -> np.ndarray:
+    """A mask's region weights ([R, h, w] float32) at the photo's output size, as the engine would resample them.
+
+    Sent instead of the mask as painted (a full-size mask of three regions
+    is 36 bytes a pixel); convex resampling (engine.guidance.resize_weights)
+    keeps the weights in [0, 1], summing to 1, soft edges soft.
+    """
+    from ..engine.guidance import resize_weights
+
+    size = output_size(*photo_hw, preset)
+    if tuple(weights.shape[1:]) == size:
+        return weights
+    return resize_weights(torch.from_numpy(np.ascontiguousarray(weights))[None], size)[0].numpy()
 
 
 def _reason(exc: BaseException) -> str:

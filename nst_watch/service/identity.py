@@ -1,4 +1,13 @@
-"""What makes a job unique: the photo's bytes, the preset, and the preset's hash."""
+"""What makes a job unique: the photo's bytes, the preset, the preset's hash, and the mask's bytes.
+
+The ledger's key (nst_watch.jobs) is (photo sha256, preset name,
+`preset_hash`, mask sha256): a mask is part of what the output looks like,
+so a mask that arrives after its photo was queued, or is replaced by
+another, makes a job of its own; the same mask dropped again does not. A
+photo without a mask has none in its key, as before masks existed. Both
+contents are hashed with `file_sha256` (the intake hashes from a descriptor
+it checked, the same way).
+"""
 
 from __future__ import annotations
 

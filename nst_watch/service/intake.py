@@ -38,8 +38,8 @@ from ..errors import PhotoError
 from ..jobs import DEAD, DONE, FAILED, LEASED, PENDING, Ledger
 from ..photo import clean_temp_files
 from ..photo.decode import sniff
-from ..watch import (DEFAULT_IGNORE, EMPTY, SYMLINK, TOO_LONG, FolderWatcher, PathFilter, SettleTracker,
-                     describe_os_error, path_too_long, scan)
+from ..watch import (DEFAULT_IGNORE, EMPTY, SYMLINK, TOO_LONG, FolderWatcher, MaskNames, PathFilter,
+                     SettleTracker, describe_os_error, path_too_long, scan)
 from .identity import preset_hash, size_bucket
 from .originals import finish_original, recover_originals, retry_moves
 
@@ -54,6 +54,10 @@ SKIPPED_TRACKED = 100_000
 # Entries lstat-ed per recheck (about once a second), round robin.
 RECHECK_BATCH = 500
 RECHECK_SECONDS = 1.0
+
+# What _ready did with a settled file: taken (queued, or a mask put to use), listed in status as not taken
+# yet (a mask waiting for its photo), or left for later (a photo whose mask is still arriving).
+TAKEN, LISTED, LATER = "taken", "listed", "later"
 
 _HINTS = {
     "a symbolic link": "nst-watch does not follow links (copy the photo in instead)",
@@ -130,6 +134,14 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 @dataclass
+class _MaskSeen:
+    """A settled mask: its content and what must stay the same for that to hold."""
+
+    sha256: str
+    identity: tuple
+
+
+@dataclass
 class _Skip:
     """An entry that was not taken, and why."""
 
@@ -143,9 +155,10 @@ class _WatchState:
     def __init__(self, watch: Watch, config: Config, tracker: SettleTracker, on_path):
         self.watch = watch
         others = [d for d in (watch.output, watch.failed, watch.processed_dir) if d is not None]
+        self.mask_names = MaskNames(watch.mask.names)
         self.filter = PathFilter(
             watch.input,
-            include=watch.include,
+            include=watch.include + self.mask_names.globs(),  # a mask is seen whatever the include
             ignore=DEFAULT_IGNORE + list(watch.ignore),
             recursive=watch.walks_subfolders(),
             exclude_dirs=others,
@@ -171,6 +184,11 @@ class _WatchState:
         # give no event for its other names, and a copy none at all).
         self.waiting: dict[str, dict[Path, tuple]] = {}
         self.waited = 0.0
+        # Masks that settled, and the photos taken, by (folder, photo stem): a mask finds the photos it
+        # belongs to (a RAW+JPEG pair shares one) and a photo its mask, in whichever order they came.
+        self.masks: dict[Path, _MaskSeen] = {}
+        self.masks_by_stem: dict[tuple[Path, str], Path] = {}
+        self.photos_by_stem: dict[tuple[Path, str], dict[Path, tuple[str, tuple]]] = {}
         self.watcher = FolderWatcher(watch.input, self.filter, on_path, polling=watch.polling, name=watch.name,
                                      on_ignored=lambda path, reason: self.noticed.append((path, reason)))
 
@@ -462,6 +480,13 @@ class Intake:
             del state.skipped[path]
         for path in [p for p in list(state.seen) if p not in visited]:
             state.seen.pop(path, None)
+        for path in [p for p in state.masks if p not in visited]:
+            del state.masks[path]
+        for key, photos in list(state.photos_by_stem.items()):
+            for path in [p for p in photos if p not in visited]:
+                del photos[path]
+            if not photos:
+                del state.photos_by_stem[key]
         state.scans += 1
         state.scanned_at = time.time()
 
@@ -505,45 +530,209 @@ class Intake:
                 self._skip(state, path, f"cannot read: {describe_os_error(path, exc)}", found, retry=True)
             return
         try:
-            if problem is not None:
+            if state.mask_names.is_mask(path):
+                outcome = self._mask_taken(state, path, sha, st)  # a mask sidecar is never a photo
+            elif problem is not None:
                 self._reject(state, path, sha, presets, problem)
+                outcome = TAKEN
             else:
-                self._enqueue(state, path, sha, presets)
-                self._wait_for_content(state, path, sha, st)
+                outcome = self._photo_taken(state, path, sha, st, presets)
         except Exception as exc:
             # The ledger refused it (locked, disk full, a name it cannot store):
             # not taken, so listed, and tried again at the next scan.
             self._trouble(state, path, exc)
             return
-        state.skipped.pop(path, None)
+        if outcome == LATER:
+            return
+        if outcome == TAKEN:
+            state.skipped.pop(path, None)
         state.seen[path] = _sig(st)
 
-    def _enqueue(self, state: _WatchState, path: Path, sha: str, presets: list[str]) -> None:
+    # --- masks -----------------------------------------------------------------------
+    # A mask (a name that fits the watch's mask.names) settles like a photo and
+    # is hashed, but is never a job of its own: it joins the jobs of the photo
+    # of its stem beside it, whichever of the two came first, and goes where
+    # that photo goes (nst_watch.service.originals). Its SHA-256 is part of
+    # each job's identity: a mask that comes, or changes, after its photo was
+    # queued makes a new job, and puts aside the jobs for the photo and preset
+    # that had not run yet.
+
+    def _photo_taken(self, state: _WatchState, path: Path, sha: str, st: os.stat_result,
+                     presets: list[str]) -> str:
+        """Queue a settled photo with its mask, if one is there; LATER while that mask is still arriving."""
+        mask = self._mask_beside(state, path)
+        if mask == LATER:
+            # Photo and mask copied in together: the photo is judged again once the mask can have settled.
+            log.debug("%s: its mask is still arriving; queued once the mask has settled", path)
+            state.tracker.unreport(path)
+            state.tracker.touch(path)
+            return LATER
+        self._enqueue(state, path, sha, presets, mask)
+        self._wait_for_content(state, path, sha, st)
+        state.photos_by_stem.setdefault((path.parent, path.stem), {})[path] = (sha, _identity(st))
+        return TAKEN
+
+    def _mask_beside(self, state: _WatchState, photo: Path) -> tuple[Path, str] | str | None:
+        """(path, sha256) of `photo`'s mask; None without one; LATER while one is still being written.
+
+        The first of the watch's mask names that is a non-empty regular file
+        counts, else a mask of the photo's stem whose name differs in case.
+        One that settled is known; one whose last change is older than the
+        settle window is hashed here (a startup scan meets the photo first);
+        a fresher one is still arriving. One that cannot be read is left
+        out, with a warning: its next change makes a new job.
+        """
+        found = [c for c in state.mask_names.candidates(photo)]
+        other = state.masks_by_stem.get((photo.parent, photo.stem))
+        if other is not None and other not in found:
+            found.append(other)
+        for candidate in found:
+            st = _lstat(candidate)
+            if st is None or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+                continue  # its own settle says what it is
+            known = state.masks.get(candidate)
+            if known is not None and known.identity == _identity(st):
+                state.skipped.pop(candidate, None)
+                return candidate, known.sha256
+            if time.time() - st.st_mtime < state.watch.settle_seconds:
+                return LATER
+            try:
+                st, sha, _ = _hash_regular(candidate)
+            except (OSError, _NotRegular) as exc:
+                log.warning("%s: its mask %s cannot be read (%s); queued without it, and again with it once it "
+                            "can be read", photo, candidate, exc)
+                continue
+            self._know_mask(state, candidate, sha, st)
+            state.seen[candidate] = _sig(st)
+            state.skipped.pop(candidate, None)
+            return candidate, sha
+        return None
+
+    def _know_mask(self, state: _WatchState, path: Path, sha: str, st: os.stat_result) -> None:
+        stem = state.mask_names.stem_of(path.name)
+        state.masks[path] = _MaskSeen(sha, _identity(st))
+        state.masks_by_stem[(path.parent, stem)] = path
+
+    def _mask_taken(self, state: _WatchState, path: Path, sha: str, st: os.stat_result) -> str:
+        """A settled mask: new jobs for the photos it belongs to; LISTED (status says so) while it has none.
+
+        A mask whose photo is finished and gone (to processed/ or failed/)
+        follows it there, as it would have with the photo (a process stopped
+        between the two moves).
+        """
+        known = state.masks.get(path)
+        self._know_mask(state, path, sha, st)
+        stem = state.mask_names.stem_of(path.name)
+        photos = self._photos_for(state, path.parent, stem)
+        if known is None or known.sha256 != sha:
+            for photo, photo_sha in photos:
+                presets, problem = self._route(state.watch, photo)
+                if problem is None:
+                    log.info("%s: a mask for %s", path, photo)
+                    self._enqueue(state, photo, photo_sha, presets, (path, sha))
+        if photos or self._photo_arriving(state, path.parent, stem):
+            return TAKEN
+        if finish_original(self.ledger, state.watch, sha, path, config_path=self.config.path) is not None:
+            return TAKEN
+        self._skip(state, path, f"a mask waiting for its photo ({stem}.* beside it); it is used once the photo "
+                   "comes", st, level=logging.INFO)
+        return LISTED
+
+    def _photos_for(self, state: _WatchState, folder: Path, stem: str) -> list[tuple[Path, str]]:
+        """(path, sha256) of the photos of `stem` in `folder` that were taken and are still there, unchanged."""
+        photos = state.photos_by_stem.get((folder, stem), {})
+        found = []
+        for photo, (sha, identity) in list(photos.items()):
+            st = _lstat(photo)
+            if st is None or _identity(st) != identity:
+                del photos[photo]
+            else:
+                found.append((photo, sha))
+        return found
+
+    def _photo_arriving(self, state: _WatchState, folder: Path, stem: str) -> bool:
+        """Whether a photo of `stem` lies in `folder`, not yet taken (settling): it finds the mask itself."""
+        try:
+            with os.scandir(folder) as entries:
+                return any(Path(e.name).stem == stem and state.filter.accepts(folder / e.name)
+                           and not state.mask_names.is_mask(e.name) for e in entries)
+        except OSError:
+            return False
+
+    def _enqueue(self, state: _WatchState, path: Path, sha: str, presets: list[str],
+                 mask: tuple[Path, str] | None = None) -> None:
+        """One job per preset for the photo at `path`, with `mask` = (its path, sha256) when it has one.
+
+        Without a mask, a preset that names regions gets a job that waits
+        (watch.mask.wait_seconds, the reason shown by `status`) for the mask;
+        the worker then runs or fails it as mask.missing says.
+        """
         watch = state.watch
         created_any = False
         for name in presets:
             preset = self.config.presets[name]
+            extra: dict = {}
+            if mask is not None:
+                extra = {"mask_path": mask[0], "mask_sha256": mask[1]}
+            elif preset.needs_mask:
+                extra = {"wait": (watch.mask.wait_seconds, self._mask_wait(state, path))}
             result = self.ledger.add(
                 sha256=sha, preset=name, preset_hash=preset_hash(preset), source_path=path, watch=watch.name,
-                output_dir=watch.output, bucket=size_bucket(path, preset.size),
+                output_dir=watch.output, bucket=size_bucket(path, preset.size), **extra,
             )
             job = result.job
+            with_mask = f" with mask {mask[0].name}" if mask is not None else ""
             if result.created:
                 self.enqueued += 1
                 created_any = True
-                log.info("queued %s for preset %s (job %d)", path, name, job.id)
+                log.info("queued %s for preset %s%s (job %d)", path, name, with_mask, job.id)
+                if "wait" in extra:
+                    log.info("%s: %s", path, extra["wait"][1])
+            elif job.put_aside:
+                self.ledger.revive(job.id)  # put aside for another mask, and its own mask is back
+                self.ledger.relocate(job.id, path)
+                created_any = True
+                log.info("%s: job %d for preset %s%s, put aside before, queued again", path, job.id, name, with_mask)
             elif job.state == DONE:
-                log.info("%s: already done for preset %s (same content as job %d): %s", path, name, job.id,
-                         job.output_path)
+                log.info("%s: already done for preset %s%s (same content as job %d): %s", path, name, with_mask,
+                         job.id, job.output_path)
             elif job.state in (FAILED, DEAD):
                 self.ledger.retry([job.id])
                 self.ledger.relocate(job.id, path)
+                if "wait" in extra and watch.mask.wait_seconds:
+                    self.ledger.postpone([job.id], watch.mask.wait_seconds, extra["wait"][1])
                 created_any = True
-                log.info("%s: dropped again after failing for preset %s; job %d queued again", path, name, job.id)
+                log.info("%s: dropped again after failing for preset %s%s; job %d queued again", path, name,
+                         with_mask, job.id)
             else:
-                log.info("%s: already queued for preset %s (job %d)", path, name, job.id)
+                log.info("%s: already queued for preset %s%s (job %d)", path, name, with_mask, job.id)
+            if mask is not None:
+                self._put_aside(state, job, mask[0])
         if presets and not created_any:
             finish_original(self.ledger, watch, sha, path, config_path=self.config.path)
+
+    def _put_aside(self, state: _WatchState, job, mask: Path) -> None:
+        """The photo's jobs for the same preset with another mask (or none) that have not run: superseded by `job`.
+
+        A job that runs finishes as it began; one that is done keeps its output.
+        """
+        others = [j.id for j in self.ledger.jobs_for(job.sha256)
+                  if j.watch == state.watch.name and j.preset == job.preset and j.id != job.id
+                  and j.mask_sha256 != job.mask_sha256 and j.state in (PENDING, FAILED, DEAD)]
+        count = self.ledger.supersede(others, f"superseded by job {job.id}, for the photo's mask {mask.name}")
+        if count:
+            log.info("job(s) %s put aside for job %d: the photo's mask %s came or changed",
+                     ", ".join(map(str, others)), job.id, mask.name)
+
+    def _mask_wait(self, state: _WatchState, path: Path) -> str:
+        """Why a photo whose preset needs a mask waits, until when, and what happens then (status shows it)."""
+        watch = state.watch
+        names = [c.name for c in state.mask_names.candidates(path)]
+        until = time.strftime("%H:%M:%S", time.localtime(time.time() + watch.mask.wait_seconds))
+        then = ("then it fails (mask.missing: fail)" if watch.mask.missing == "fail"
+                else "then it runs without one, with the preset's own styles (mask.missing: run)")
+        return (f"waits for its mask {names[0]}" + (f" (or {', '.join(names[1:])})" if names[1:] else "")
+                + f" until {until}; {then}")
 
     def _reject(self, state: _WatchState, path: Path, sha: str, presets: list[str], problem: PhotoError) -> None:
         """A file that is no photo nst-watch reads: failed at once, never queued behind real work.

@@ -11,6 +11,11 @@ leaves the photo where it is and nothing in the target folder; it waits in
 the ledger and is tried again at every reconcile scan and every start
 (retry_moves).
 
+A photo's mask (a sidecar such as `IMG_1.mask.png`, see config.MaskSettings)
+goes with it, through the same protocol, once every job that used it is
+finished: to processed/ or failed/ beside the photo, named after the photo's
+new name. A mask is never moved, nor reported, on its own account.
+
 Any name the file system allows is handled: names that fill the 255-byte
 limit get shortened collision and report names (extension kept, see
 nst_watch.photo.naming), and the report quotes names that are not UTF-8 or
@@ -28,6 +33,8 @@ from ..config import Config, Watch
 from ..errors import PhotoError
 from ..jobs import DONE, LEASED, PENDING, Job, Ledger, Move
 from ..photo.naming import derived_name, escape_name
+from ..watch.masks import MaskNames
+from .identity import file_sha256
 from .publish import move_original, recover_moves, waiting_moves, write_file
 
 log = logging.getLogger("nst_watch.originals")
@@ -49,9 +56,11 @@ def finish_original(ledger: Ledger, watch: Watch, sha256: str, path: Path, *,
 
 
 def _target(ledger: Ledger, watch: Watch, sha256: str, path: Path) -> tuple[Path, str] | None:
-    """(folder, name) where the photo at `path` goes now, or None if it stays."""
+    """(folder, name) where the photo (or mask) at `path` goes now, or None if it stays."""
     jobs = [j for j in ledger.jobs_for(sha256) if j.watch == watch.name]
-    if not jobs or any(j.state in (PENDING, LEASED) for j in jobs):
+    if not jobs:
+        return _mask_target(ledger, watch, sha256, path)
+    if any(j.state in (PENDING, LEASED) for j in jobs):
         return None
     if not path.exists():
         return None
@@ -64,6 +73,39 @@ def _target(ledger: Ledger, watch: Watch, sha256: str, path: Path) -> tuple[Path
     if watch.failed is None or path.is_relative_to(watch.failed):
         return None
     return watch.failed, _relative_name(watch, path)
+
+
+def _mask_target(ledger: Ledger, watch: Watch, sha256: str, path: Path) -> tuple[Path, str] | None:
+    """(folder, name) beside its photo for the mask at `path`, once every job that uses it is finished and
+    the photo has moved (to processed/ or failed/, or back to the inbox); None while it stays.
+
+    The name follows the photo's: a photo that took a free name
+    ("IMG_1 (1).jpg") takes its mask along as "IMG_1 (1).mask.png".
+    """
+    jobs = [j for j in ledger.jobs_with_mask(sha256) if j.watch == watch.name]
+    if not jobs or any(j.state in (PENDING, LEASED) for j in jobs) or not path.exists():
+        return None
+    photo = Path(jobs[-1].source_path)
+    if photo.parent == path.parent or not photo.exists():
+        return None
+    return photo.parent, MaskNames(watch.mask.names).renamed(path.name, photo.stem)
+
+
+def _masks_follow(ledger: Ledger, watch: Watch, sha256: str, old: Path, *, config_path: Path | None) -> None:
+    """The masks the photo's jobs used, left where the photo was, go where it went (the same protocol)."""
+    masks = {(Path(j.mask_path), j.mask_sha256) for j in ledger.jobs_for(sha256)
+             if j.watch == watch.name and j.mask_path and j.mask_sha256}
+    for mask, mask_sha in sorted(masks):
+        if mask.parent != old.parent:
+            continue
+        try:
+            if file_sha256(mask) != mask_sha:
+                continue  # replaced since: a new mask, the intake's to judge
+        except OSError:
+            continue  # gone, or unreadable: nothing to take along
+        target = _mask_target(ledger, watch, mask_sha, mask)
+        if target is not None:
+            _move(ledger, watch, mask_sha, mask, *target, config_path=config_path)
 
 
 def _relative_name(watch: Watch, path: Path) -> str:
@@ -93,6 +135,7 @@ def _move(ledger: Ledger, watch: Watch, sha256: str, path: Path, folder: Path, n
         return None
     if new is not None:
         log.info("%s -> %s", path, new)
+        _masks_follow(ledger, watch, sha256, path, config_path=config_path)
     return new
 
 
@@ -169,19 +212,23 @@ def _write_error_report(new: Path, old: Path, jobs: list[Job], config_path: Path
         "",
     ]
     for job in sorted(jobs, key=lambda j: j.preset):
-        if job.state == DONE:
+        if job.state == DONE and job.output_path is None and job.error:
+            lines.append(f"preset {q(job.preset)}: job {job.id} {q(job.error)}")  # put aside for another job
+        elif job.state == DONE:
             lines.append(f"preset {q(job.preset)}: done -> {q(str(job.output_path))}")
         else:
-            lines.append(f"preset {q(job.preset)}: {job.state} after {job.attempts} attempt(s) (job {job.id})")
+            mask = f", with the mask {q(Path(job.mask_path).name)}" if job.mask_path else ""
+            lines.append(f"preset {q(job.preset)}: {job.state} after {job.attempts} attempt(s) (job {job.id}{mask})")
             lines.append(f"    {q(str(job.error))}")
     ids = " ".join(str(j.id) for j in jobs if j.state != DONE)
+    what = "this photo (and its mask, beside it)" if any(j.mask_path for j in jobs) else "this photo"
     config = shlex.quote(q(str(config_path))) if config_path is not None else "CONFIG"
     # Not every reason says what to do (an encoder bug has nothing to fix in
     # the photo), so the advice does not presume that one exists above.
     lines += [
         "",
         "To retry once the reason above is dealt with (where it gives advice in brackets, follow it),",
-        f"either move this photo back into the watched folder {q(str(old.parent))} (it is queued again),",
+        f"either move {what} back into the watched folder {q(str(old.parent))} (it is queued again),",
         "or run:",
         f"    nst-watch retry -c {config} {ids}",
     ]

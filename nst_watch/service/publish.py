@@ -1,4 +1,4 @@
-"""The one way nst-watch puts a file in place: outputs, moved originals, error reports, sidecars, thumbnails.
+"""The one way nst-watch puts a file in place: outputs, moved originals and masks, error reports, sidecars, thumbnails.
 
 Every file goes through the same steps (FIELD_NOTES section 5):
 
@@ -306,10 +306,14 @@ def _remove_source(path: Path) -> None:
 
 
 def _back_to_source(ledger: Ledger, move: Move) -> None:
-    """A placed move whose new copy is gone again (removed by hand): the jobs point back at the source."""
+    """A placed move whose new copy is gone again (removed by hand): the jobs point back at the source.
+
+    The jobs of the photo, or, for a mask on the move, the jobs that use it.
+    """
     for job in ledger.jobs_for(move.sha256):
         if job.watch == move.watch:
             ledger.relocate(job.id, move.source_path)
+    ledger.relocate_mask(move.sha256, move.watch, move.source_path)
 
 
 def _settle(ledger: Ledger, move: Move, on_placed: Callable[[Path, Path], None] | None) -> Path | None:

@@ -312,6 +312,7 @@ def to_json(snap: dict) -> str:
 def _job_view(job) -> dict:
     return {
         "id": job.id, "state": job.state, "preset": job.preset, "source": job.source_path,
+        "mask": job.mask_path, "mask_sha256": job.mask_sha256,
         "output": job.output_path, "attempts": job.attempts, "error": job.error, "updated": job.updated_at,
     }
 
@@ -415,7 +416,7 @@ def render(snap: dict):
     job_columns = ("id", "state", "preset", "photo")
     if snap.get("waiting"):
         parts.append(_table("waiting", ("id", "preset", "photo", "attempts", "next try", "reason"),
-                            [(str(j["id"]), j["preset"], Path(j["source"]).name, str(j["attempts"]),
+                            [(str(j["id"]), j["preset"], _photo(j), str(j["attempts"]),
                               _next_try(j["next_try"]), j["error"] or "") for j in snap["waiting"]]))
     if snap["recent"]:
         parts.append(_table("recent", job_columns + ("output",),
@@ -433,7 +434,13 @@ def _next_try(at: float) -> str:
 
 
 def _job_row(job: dict) -> tuple[str, ...]:
-    return str(job["id"]), job["state"], job["preset"], Path(job["source"]).name
+    return str(job["id"]), job["state"], job["preset"], _photo(job)
+
+
+def _photo(job: dict) -> str:
+    """The photo's name, and its mask's after a '+' when it has one: "IMG_1.jpg + IMG_1.mask.png"."""
+    name = Path(job["source"]).name
+    return f"{name} + {Path(job['mask']).name}" if job.get("mask") else name
 
 
 def _table(title: str, columns: tuple[str, ...], rows: list[tuple], caption: str | None = None):

@@ -1,7 +1,9 @@
-"""Before/after thumbnails of finished jobs, for the web view.
+"""Before/after thumbnails of finished jobs, and their masks, for the web view.
 
-`state_dir/thumbs/<job id>-before.jpg` (the decoded photo: upright sRGB) and
-`<job id>-after.jpg` (the result): JPEGs of at most EDGE px on the long side,
+`state_dir/thumbs/<job id>-before.jpg` (the decoded photo: upright sRGB),
+`<job id>-after.jpg` (the result) and, for a job with a mask,
+`<job id>-mask.jpg` (the mask as its regions' colours paint it, soft edges
+blended: `mask_picture`): JPEGs of at most EDGE px on the long side,
 written by the worker when a job completes, each through the publish path
 (nst_watch.service.publish: staged, fsynced, then renamed over an older one
 of the same job: the web view never serves half a file). Only the newest
@@ -26,8 +28,8 @@ from .publish import write_file
 EDGE = 256  # long edge: sharp on a high-density screen at the page's 128 CSS px
 QUALITY = 85
 KEEP = 500  # jobs whose thumbnails are kept (about 20 KB each): ~20 MB at most
-KINDS = ("before", "after")
-_NAME = re.compile(r"\.?(\d+)-(?:before|after)\.jpg(?:\.tmp)?")
+KINDS = ("before", "after", "mask")
+_NAME = re.compile(r"\.?(\d+)-(?:before|after|mask)\.jpg(?:\.tmp)?")
 
 
 def thumbs_dir(state_dir: Path) -> Path:
@@ -41,17 +43,28 @@ def thumb_path(state_dir: Path, job_id: int, kind: str) -> Path:
     return thumbs_dir(state_dir) / f"{int(job_id)}-{kind}.jpg"
 
 
-def write_thumbs(state_dir: Path, job_id: int, before: np.ndarray, after: np.ndarray, *, keep: int = KEEP) -> None:
-    """Write both thumbnails of a job, then drop those of all but the newest `keep` jobs.
+def write_thumbs(state_dir: Path, job_id: int, before: np.ndarray, after: np.ndarray, *,
+                 mask: np.ndarray | None = None, keep: int = KEEP) -> None:
+    """Write a job's thumbnails (the mask's too when `mask` is given), then drop those of all but the newest
+    `keep` jobs.
 
     PhotoError (a full disk, permissions) with no partial file left; OSError from pruning.
     """
-    for kind, pixels in zip(KINDS, (before, after)):
+    for kind, pixels in zip(KINDS, (before, after, mask)):
+        if pixels is None:
+            continue
         image = _small(pixels)
         # The temp name carries the job: a killed write's file is the worker's to clean at its next start.
         write_file(thumb_path(state_dir, job_id, kind), lambda f: image.save(f, format="JPEG", quality=QUALITY),
                    "overwrite", temp=f"thumb-{int(job_id)}-{kind}")
     prune(state_dir, keep)
+
+
+def mask_picture(weights: np.ndarray, colours: list[tuple[int, int, int]]) -> np.ndarray:
+    """A mask's region weights ([R, h, w], summing to 1 per pixel) as an HxWx3 picture in [0, 1]: each pixel the
+    blend of its regions' colours (0-255 RGB, one per region, in the same order), as the mask was painted."""
+    palette = np.asarray(colours, dtype=np.float32) / 255.0
+    return np.einsum("rhw,rc->hwc", np.asarray(weights, dtype=np.float32), palette)
 
 
 def _small(pixels: np.ndarray) -> Image.Image:

@@ -27,16 +27,18 @@ import torch
 from ..config import Config, Preset, Watch
 from ..darkroom import EXTENSIONS, Darkroom, to_pixels
 from ..engine import Interrupted, Resume, Stop
-from ..errors import EngineError, PhotoError, PresetError
+from ..engine.pyramid import output_size
+from ..errors import EngineError, MaskError, PhotoError, PresetError
 from ..faults import fault as _fault
 from ..jobs import Job, Ledger
 from ..photo import load_photo
 from ..progress import eta_seconds
-from .identity import preset_hash
+from ..watch.masks import MaskNames
+from .identity import file_sha256, preset_hash
 from .originals import finish_original, recover_originals
 from .publish import Outputs, clean_stages, write_file
 from .status import IDLE_PROGRESS, pid_alive, step_progress
-from .thumbs import thumbs_dir, write_thumbs
+from .thumbs import mask_picture, thumbs_dir, write_thumbs
 
 log = logging.getLogger("nst_watch.worker")
 
@@ -272,8 +274,11 @@ class Worker:
             if self._recover(job, effective):
                 continue
             photo = self._load(job)
-            if photo is not None:
-                todo.append((job, photo, watch, effective))
+            if photo is None:
+                continue
+            mask = self._mask(job, photo, preset, watch)
+            if mask is not _PUT_ASIDE:
+                todo.append((job, photo, watch, effective, mask))
         if not todo:
             return
         self._stylize_and_publish(todo)
@@ -300,9 +305,69 @@ class Worker:
             return None
         return photo
 
+    # --- masks -----------------------------------------------------------------------
+
+    def _mask(self, job: Job, photo, preset: Preset, watch: Watch | None):
+        """The job's mask, read and checked for `photo`; None to run without one; _PUT_ASIDE when the job ends here.
+
+        A job without a mask whose preset names regions waited for one in
+        vain (the intake held it for watch.mask.wait_seconds): it runs with
+        the preset's own styles (mask.missing: run) or fails saying which mask
+        to add (fail). A mask that cannot serve fails its job, with the
+        mask's name and the fix (MaskError); one replaced since the job was
+        queued puts the job aside for the new mask's.
+        """
+        if job.mask_path is None:
+            if not preset.needs_mask:
+                return None
+            if self._put_aside_for_newer(job, "its mask came meanwhile"):
+                return _PUT_ASIDE
+            if watch is not None and watch.mask.missing == "run" and preset.styles:
+                log.info("job %d: no mask came for %s within %g s; it runs with preset %s's own styles "
+                         "(mask.missing: run)", job.id, job.source_path, watch.mask.wait_seconds, preset.name)
+                return None
+            self._fail(job, no_mask_reason(job, preset, watch), permanent=True)
+            return _PUT_ASIDE
+        try:
+            if _changed(job):
+                raise _Replaced()
+            mask = load_job_mask(job, photo, preset, max_pixels=self.config.max_pixels)
+            if mask.sha256 != job.mask_sha256:
+                raise _Replaced()
+        except _Replaced:
+            note = (f"its mask {Path(job.mask_path).name} changed after the job was queued; the new mask makes a "
+                    "job of its own")
+            if not self._put_aside_for_newer(job, note, any_newer=job.watch is not None):
+                self._fail(job, f"{job.mask_path}: changed after it was queued; the new version is queued "
+                                "separately when it settles", permanent=True)
+            return _PUT_ASIDE
+        except MaskError as exc:
+            self._fail(job, str(exc), permanent=exc.permanent)
+            return _PUT_ASIDE
+        return mask
+
+    def _put_aside_for_newer(self, job: Job, why: str, *, any_newer: bool = False) -> bool:
+        """Supersede `job` when a newer job of its photo and preset has another mask (`any_newer`: or when it
+        is simply gone, replaced on disk); True if it was put aside. Its photo's fate is then the newer job's.
+        """
+        newer = [j.id for j in self.ledger.jobs_for(job.sha256)
+                 if j.watch == job.watch and j.preset == job.preset and j.id > job.id
+                 and j.mask_sha256 is not None and j.mask_sha256 != job.mask_sha256]
+        if not newer and not any_newer:
+            return False
+        note = f"superseded by job {newer[-1]}: {why}" if newer else f"put aside: {why}"
+        if not self.ledger.supersede([job.id], note, owner=self.owner):
+            return False
+        log.info("job %d (%s, preset %s) %s", job.id, job.source_path, job.preset, note)
+        self._finished(job)
+        _forget(self._kept_path(job))
+        self._finish_original(job)
+        return True
+
     def _stylize_and_publish(self, todo) -> None:
         jobs = [t[0] for t in todo]
         preset = todo[0][3]
+        masks = [t[4] for t in todo]
         self.activity.idle()
         self.activity.jobs = [j.id for j in jobs]
         self.activity.preset = preset.name
@@ -312,8 +377,8 @@ class Worker:
         beat.start()
         resumes = [self._kept(job, preset) for job in jobs]
         try:
-            results = self.darkroom.stylize_photos([t[1] for t in todo], preset, progress=self._progress,
-                                                   resume=resumes if any(resumes) else None)
+            results = stylize_photos(self.darkroom, [t[1] for t in todo], preset, progress=self._progress,
+                                     resume=resumes if any(resumes) else None, masks=masks)
         except Interrupted as stopped:
             self._keep(todo, stopped)
             return
@@ -338,11 +403,11 @@ class Worker:
 
     def _settle(self, todo, results) -> None:
         """Each job's result published, or its engine error recorded; kept optimisations no longer needed go."""
-        for (job, photo, watch, effective), result in zip(todo, results):
+        for (job, photo, watch, effective, mask), result in zip(todo, results):
             if isinstance(result, EngineError):
                 self._fail(job, str(result), permanent=True)
             else:
-                self._publish(job, photo, result, effective, watch)
+                self._publish(job, photo, result, effective, watch, mask)
             _forget(self._kept_path(job))
 
     # --- optimisations kept across a shutdown -----------------------------------------
@@ -399,7 +464,7 @@ class Worker:
 
     # --- publishing (the protocol itself is nst_watch.service.publish's) ---------------
 
-    def _publish(self, job: Job, photo, result, preset: Preset, watch: Watch | None) -> None:
+    def _publish(self, job: Job, photo, result, preset: Preset, watch: Watch | None, mask=None) -> None:
         template = watch.template if watch else "{stem}-{preset}.{ext}"
         collision = watch.collision if watch else "suffix"
         dest = None
@@ -417,16 +482,18 @@ class Worker:
             self._fail(job, f"{photo.path}: writing {target} into {job.output_dir} failed: {exc.reason}{fix}",
                        permanent=exc.permanent)
             return
-        self._thumbnails(job, photo, result)
+        self._thumbnails(job, photo, result, preset, mask)
         self._complete(job, final, f" ({result.iterations} iterations, {result.seconds:.0f} s)")
 
-    def _thumbnails(self, job: Job, photo, result) -> None:
-        """Before/after thumbnails for the web view, in place before the job shows as done.
+    def _thumbnails(self, job: Job, photo, result, preset: Preset, mask=None) -> None:
+        """Before/after thumbnails (and the mask's, painted in its regions' colours) for the web view, in place
+        before the job shows as done.
 
         Best effort: a thumbnail that cannot be written is a warning, never the job's failure.
         """
         try:
-            write_thumbs(self.state_dir, job.id, photo.pixels, to_pixels(result.image))
+            painted = None if mask is None else mask_picture(mask.weights, [c for _, c, _ in preset.region_list()])
+            write_thumbs(self.state_dir, job.id, photo.pixels, to_pixels(result.image), mask=painted)
         except Exception as exc:  # noqa: BLE001 - the photo is published; a missing preview is all we lose
             log.warning("job %d: no thumbnails for the web view: writing them in %s failed: %s (check that "
                         "folder's space and permissions)", job.id, thumbs_dir(self.state_dir), exc)
@@ -485,6 +552,56 @@ class Worker:
             finish_original(self.ledger, watch, job.sha256, Path(job.source_path), config_path=self.config.path)
         except Exception:
             log.exception("%s: could not move the original", job.source_path)
+
+
+class _Replaced(Exception):
+    """A job's mask is not the one it was queued with (replaced on disk)."""
+
+
+_PUT_ASIDE = object()  # Worker._mask: the job was failed or superseded, not to be stylised
+
+
+def _changed(job: Job) -> bool:
+    """Whether the job's mask file now holds other bytes than it was queued with (False when it cannot be read:
+    load_job_mask says why)."""
+    try:
+        return file_sha256(Path(job.mask_path)) != job.mask_sha256
+    except OSError:
+        return False
+
+
+def load_job_mask(job: Job, photo, preset: Preset, *, max_pixels: int):
+    """The mask of `job` (nst_watch.photo.mask.Mask) for `photo`, checked for `preset` at its output size.
+
+    MaskError (permanent, naming the mask and the fix) when it cannot be read,
+    has a colour no region names, has another aspect ratio than the photo,
+    or leaves a region too small for the style layers at the output size.
+    """
+    from ..photo.mask import check_regions, load_mask
+
+    mask = load_mask(Path(job.mask_path), preset, photo_size=(photo.width, photo.height), max_pixels=max_pixels)
+    check_regions(mask, preset, output_size(photo.height, photo.width, preset))
+    return mask
+
+
+def stylize_photos(darkroom: Darkroom, photos, preset: Preset, *, progress, resume, masks) -> list:
+    """darkroom.stylize_photos with one mask (nst_watch.photo.mask.Mask) or None per photo."""
+    if not any(m is not None for m in masks):
+        return darkroom.stylize_photos(photos, preset, progress=progress, resume=resume)
+    return darkroom.stylize_photos(photos, preset, progress=progress, resume=resume, masks=masks)
+
+
+def no_mask_reason(job: Job, preset: Preset, watch: Watch | None) -> str:
+    """Why a photo whose preset names regions failed without a mask, and how to give it one."""
+    if watch is None:
+        return (f"{job.source_path}: preset {job.preset!r} names regions, so it needs a mask, and none was given: "
+                "submit the photo again with --mask FILE")
+    names = MaskNames(watch.mask.names).candidates(Path(job.source_path))
+    also = f" (or {', '.join(n.name for n in names[1:])})" if names[1:] else ""
+    return (f"{job.source_path}: no mask came within {watch.mask.wait_seconds:g} s, and preset {preset.name!r} names "
+            f"regions, so it needs one (mask.missing: fail). Fix: put its mask beside it as {names[0].name}{also} "
+            f"and move both into {watch.input}; or set mask.missing: run in watch {watch.name!r} to stylise such "
+            "photos with the preset's own styles")
 
 
 def _forget(path: Path) -> None:

@@ -20,6 +20,7 @@ Typical wiring in the daemon::
 """
 
 from .ignore import DEFAULT_IGNORE, PathFilter
+from .masks import MaskNames
 from .observer import FolderWatcher, describe_os_error, path_too_long, scan
 from .settle import EMPTY, NOT_REGULAR, READY, SYMLINK, TOO_LONG, Ready, SettleTracker
 
@@ -31,6 +32,7 @@ __all__ = [
     "SYMLINK",
     "TOO_LONG",
     "FolderWatcher",
+    "MaskNames",
     "PathFilter",
     "Ready",
     "SettleTracker",

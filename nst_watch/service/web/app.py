@@ -7,7 +7,7 @@ Routes:
   to ``/``, so the token leaves the address bar and the history.
 - ``GET /api/status``: what ``nst-watch status --json`` prints (200, JSON).
 - ``GET /favicon.svg``: the tab's icon, a safelight (200, SVG).
-- ``GET /thumbs/{job_id}/{kind}``: a job's ``before`` or ``after`` thumbnail
+- ``GET /thumbs/{job_id}/{kind}``: a job's ``before``, ``after`` or ``mask`` thumbnail
   (200, image/jpeg); 404 for anything else: another word, a job id that is
   not a number, a path with more segments, a thumbnail not (or no longer)
   there. The file name is built from the integer and the fixed word only.
@@ -161,7 +161,7 @@ class WebView:
     def thumb(self, request: Request) -> Response:
         kind = request.path_params["kind"]
         if kind not in KINDS:
-            return _error(404, f"no thumbnail {kind!r}: use before or after")
+            return _error(404, f"no thumbnail {kind!r}: use before, after or mask")
         try:  # read, not stream: a thumbnail is small, and pruning may remove it any moment
             data = thumb_path(self.state_dir, request.path_params["job_id"], kind).read_bytes()
         except OSError:
