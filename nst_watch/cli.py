@@ -187,6 +187,10 @@ def _preset_overrides(ctx: click.Context, values: dict) -> dict:
 @click.option("-p", "--preset", "preset_name", help="Preset name from --config.")
 @click.option("-s", "--style", "styles", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Style image (repeat to blend several); instead of --preset.")
+@click.option("-m", "--mask", "masks", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Mask painted over the photo, any size with its aspect (repeat: one per photo, in order). "
+              "White: the style; black: keep the photo; greys blend. With a preset's regions: each region's "
+              "colour, soft edges between two blend.")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
               help="Output file (one photo only).")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="Output folder.",
@@ -210,14 +214,17 @@ def _preset_overrides(ctx: click.Context, values: dict) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print one record per photo as JSON on stdout.")
 @_preset_options
 @click.pass_context
-def stylize(ctx, contents, config_path, preset_name, styles, output, out_dir, template, overwrite, weights, device,
-            precision, max_memory, batch, as_json, **settings):
+def stylize(ctx, contents, config_path, preset_name, styles, masks, output, out_dir, template, overwrite, weights,
+            device, precision, max_memory, batch, as_json, **settings):
     """Stylise CONTENT photos with a preset or with --style images.
 
     Preset settings below override the preset's (or, with --style, the
-    defaults shown). Photos that cannot be read are reported and skipped;
-    the exit code is then 1.
+    defaults shown). Photos (or their --mask) that cannot be read are
+    reported and skipped; the exit code is then 1.
     """
+    if masks and len(masks) != len(contents):
+        raise click.UsageError(f"{len(masks)} --mask for {len(contents)} photos: give one --mask per photo, in the "
+                               "photos' order, or none")
     if bool(preset_name) == bool(styles):
         raise click.UsageError("give either --preset NAME (with --config FILE) or one or more --style IMAGE")
     if preset_name and not config_path:
@@ -245,6 +252,9 @@ def stylize(ctx, contents, config_path, preset_name, styles, output, out_dir, te
         except ConfigError as exc:  # the flags given make an unusable preset
             raise click.UsageError(str(exc).replace("command line: invalid config", "invalid --style or flags")) \
                 from None
+    if not masks and preset.regions is not None and not preset.styles:
+        raise click.UsageError(f"preset {preset.name!r} paints regions ({', '.join(preset.regions)}) and has no "
+                               "styles of its own: give --mask FILE for each photo, painted in the regions' colours")
     try:
         engine_settings = _engine_settings(config.engine, weights=weights, device=device, precision=precision,
                                            max_memory=max_memory)
@@ -257,7 +267,7 @@ def stylize(ctx, contents, config_path, preset_name, styles, output, out_dir, te
     darkroom = Darkroom(engine_settings, max_pixels=config.max_pixels)
     results = darkroom.stylize_files(
         contents, preset, output=output, out_dir=out_dir or Path.cwd(), template=template,
-        collision="overwrite" if overwrite else "suffix", batch=batch,
+        collision="overwrite" if overwrite else "suffix", batch=batch, masks=list(masks) or None,
     )
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=2))

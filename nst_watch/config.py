@@ -1215,7 +1215,10 @@ def with_overrides(preset: Preset, **overrides: Any) -> Preset:
     """
     if not overrides:
         return preset
-    return validate(Preset, _merge(preset.model_dump(), overrides), source="command line")
+    data = preset.model_dump()
+    if not data["styles"]:
+        del data["styles"]  # a preset of regions only: its empty default, which `styles:` as written may not be
+    return validate(Preset, _merge(data, overrides), source="command line")
 
 
 def _merge(base: dict, changes: dict) -> dict:

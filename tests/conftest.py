@@ -44,6 +44,14 @@ def synthetic_painting(height: int = 64, width: int = 64, seed: int = 1) -> np.n
     return np.clip(np.stack(channels, axis=-1), 0, 1).astype(np.float32)
 
 
+def save_image(array: np.ndarray, path):
+    """Write an HxWx3 float image in [0, 1] as 8-bit (the format from `path`'s suffix); returns `path`."""
+    from PIL import Image
+
+    Image.fromarray((array * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
 BULK_BYTES = 1 << 20  # a test's files above this size go whatever its outcome
 
 

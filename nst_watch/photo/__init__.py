@@ -52,6 +52,12 @@ Metadata
     with a note. PNG, WebP and TIFF keep it all. ICC profiles of any size
     are kept (split across JPEG APP2 segments).
 
+Masks
+    :func:`load_mask` reads a painted mask through the same decoder and
+    turns its colours into region weights (:mod:`.mask`: the colour rules);
+    :func:`check_regions` refuses a region too small for the deepest style
+    layer before the engine loads.
+
 Names and writes
     See :mod:`.naming` (templates, tokens, ``{counter}``; names that are
     not UTF-8 or fill the 255-byte limit) and :mod:`.atomic` (temp file +
@@ -65,17 +71,21 @@ from datetime import datetime
 from .atomic import TEMP_PREFIX, clean_temp_files
 from .decode import DEFAULT_FORMATS, HEIF_AVAILABLE, RAW_AVAILABLE, Photo, load_photo
 from .encode import SaveResult, save_photo
+from .mask import Mask, check_regions, load_mask
 from .naming import TOKENS, output_path, render_name, validate_template
 
 __all__ = [
     "DEFAULT_FORMATS",
     "HEIF_AVAILABLE",
+    "Mask",
     "RAW_AVAILABLE",
     "TEMP_PREFIX",
     "TOKENS",
     "Photo",
     "SaveResult",
+    "check_regions",
     "clean_temp_files",
+    "load_mask",
     "load_photo",
     "output_path",
     "photo_tokens",
