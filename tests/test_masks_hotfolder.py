@@ -219,3 +219,191 @@ def test_a_v2_ledger_is_upgraded_in_place_keeping_every_job(tmp_path):
             ledger.add(sha256="x", preset="a", preset_hash="h", source_path="/x.jpg", mask_sha256="m" * 64)
     with Ledger(db) as ledger:  # opened again: nothing migrated twice
         assert len(ledger.recent(100)) == 6
+
+
+# --- masks that cannot serve, masks that change ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["aspect", "colour"])
+def test_a_mask_that_cannot_serve_fails_its_photo_and_loses_nothing(tmp_path, kind):
+    studio = Studio(tmp_path, presets=("a",))
+    staging = tmp_path / "staging"
+    if kind == "aspect":  # a square mask for a 48x40 photo
+        mask = paint(staging / "shot.mask.png", size=(40, 40))
+        expected = "the mask is 40x40 px but the photo is 48x40"
+    else:  # red, which no region of the preset names
+        with_regions(studio)
+        mask = paint(staging / "shot.mask.png", left=RED)
+        expected = "#ff0000"
+    drop(studio, photo(staging / "shot.jpg", seed=6), mask)
+    daemon = studio.start().wait_ready()
+    try:
+        wait_until(lambda: studio.counts()["failed"] == 1, what="the job failed")
+        wait_until(lambda: (studio.failed / "shot.mask.png").exists(), what="photo and mask in failed/")
+    finally:
+        assert daemon.stop() == 0
+    [job] = studio.jobs()
+    assert "shot.mask.png" in job.error and expected in job.error, job.error
+    assert sorted(p.name for p in studio.failed.iterdir()) == ["shot.jpg", "shot.jpg.error.txt", "shot.mask.png"]
+    assert list(studio.inbox.iterdir()) == [] and studio.outputs() == []
+    assert sha(studio.failed / "shot.mask.png") == job.mask_sha256  # the very file, whole
+    report = (studio.failed / "shot.jpg.error.txt").read_text()
+    assert "with the mask shot.mask.png" in report and expected in report
+    assert "move this photo (and its mask, beside it) back" in report
+    with studio.ledger() as ledger:
+        [job] = ledger.recent(1)
+        assert Path(job.mask_path) == studio.failed / "shot.mask.png"  # the ledger follows the mask
+
+
+def test_a_mask_replaced_mid_run_makes_a_new_job_and_each_shows_its_mask(tmp_path):
+    from test_daemon import re_step
+    from test_web import request, web_view
+
+    studio = Studio(tmp_path, presets=("a",), service={"batch": 1},
+                    preset_settings={"iterations": 300, "pyramid": None, "early_stop": None})
+    staging = tmp_path / "staging"
+    drop(studio, photo(staging / "p.jpg", seed=7), paint(staging / "p.mask.png"))
+    with web_view(studio) as (daemon, port):
+        daemon.wait_ready()
+        wait_until(lambda: re_step(studio) >= 2, interval=0.3, what="the first job optimising")
+        first = studio.jobs()[0]
+        os.rename(paint(staging / "p.mask.png", left=BLACK, right=WHITE), studio.inbox / "p.mask.png")
+        wait_until(lambda: len(studio.jobs()) == 2, what="a new job for the new mask")
+        assert {j.id: j.state for j in studio.jobs()}[first.id] in ("leased", "done")  # the first one ran on
+        wait_until(lambda: studio.counts()["done"] == 2, timeout=120, what="both jobs done")
+        wait_until(lambda: (studio.processed / "p.mask.png").exists(), what="photo and mask moved")
+        old, new = sorted(studio.jobs(), key=lambda j: j.id)
+        for job in (old, new):
+            code, headers, body = request(port, f"/thumbs/{job.id}/mask")
+            assert code == 200 and headers["Content-Type"] == "image/jpeg"
+            with Image.open(io.BytesIO(body)) as image:
+                left, right = np.asarray(image.convert("L"), np.float32)[:, [2, -3]].mean(axis=0)
+            assert (left > 200 and right < 50) if job.id == first.id else (left < 50 and right > 200)
+    assert old.id == first.id and old.mask_sha256 == first.mask_sha256 != new.mask_sha256
+    assert new.mask_sha256 == sha(studio.processed / "p.mask.png")  # the mask that moved is the one in use
+    assert sorted(p.name for p in studio.outputs()) == ["p-a (1).jpg", "p-a.jpg"]
+    assert sorted(p.name for p in studio.processed.iterdir()) == ["p.jpg", "p.mask.png"]
+    snap = status(studio)
+    assert {(j["id"], j["mask_sha256"]) for j in snap["recent"]} == {(old.id, old.mask_sha256),
+                                                                     (new.id, new.mask_sha256)}
+    masks = {j["id"]: Path(j["mask"]) for j in snap["recent"]}
+    # The mask in use went with the photo; the replaced one is recorded where it was when it was used.
+    assert masks == {new.id: studio.processed / "p.mask.png", old.id: studio.inbox / "p.mask.png"}
+
+
+def test_a_mask_that_comes_while_its_photo_waits_is_used(tmp_path):
+    studio = Studio(tmp_path, presets=("a",), preset_settings={"output": {"format": "jpeg", "sidecar": True}})
+    with_regions(studio, wait=60)
+    daemon = studio.start().wait_ready()
+    try:
+        photo(studio.inbox / "later.jpg", seed=8)
+        wait_until(lambda: status(studio)["waiting"], what="the photo waiting for its mask")
+        drop(studio, paint(tmp_path / "staging" / "later.mask.png"))
+        wait_until(lambda: studio.counts()["done"] == 2, what="the waiting job put aside, the masked one done")
+        wait_until(lambda: (studio.processed / "later.mask.png").exists(), what="photo and mask moved")
+    finally:
+        assert daemon.stop() == 0
+    waited, used = sorted(studio.jobs(), key=lambda j: j.id)
+    assert waited.mask_sha256 is None and waited.output_path is None
+    assert waited.error.startswith(f"superseded by job {used.id}") and waited.put_aside
+    assert used.mask_sha256 == sha(studio.processed / "later.mask.png") and used.attempts == 1
+    [output] = [p for p in studio.outputs() if p.suffix == ".jpg"]
+    sidecar = json.loads(output.with_name(output.name + ".json").read_text())
+    assert sidecar["mask"]["sha256"] == used.mask_sha256
+
+
+def test_submit_takes_a_mask_and_checks_it_first(tmp_path):
+    studio = Studio(tmp_path, presets=("a", "b"))
+    with_regions(studio)  # a needs a mask, b takes one
+    staging = tmp_path / "lightroom"
+    shot = photo(staging / "export.jpg", seed=9)
+    square = paint(staging / "square.png", size=(40, 40))
+    good = paint(staging / "good.png")
+    refused = nst("submit", "-c", studio.config, shot, "-p", "a", "--mask", square, "--json")
+    assert refused.returncode == 1 and "square.png" in refused.stderr and "aspect" in refused.stderr
+    missing = nst("submit", "-c", studio.config, shot, "-p", "a")
+    assert missing.returncode == 1 and "give --mask FILE" in missing.stderr
+    twice = nst("submit", "-c", studio.config, shot, shot, "-p", "b", "--mask", good)
+    assert twice.returncode == 2 and "one --mask per FILE" in twice.stderr
+    assert studio.jobs() == []  # nothing queued by a refusal
+    daemon = studio.start().wait_ready()
+    try:
+        queued = nst("submit", "-c", studio.config, shot, "-p", "a", "-p", "b", "--mask", good,
+                     "--out-dir", tmp_path / "finished", "--json")
+        assert queued.returncode == 0, queued.stderr
+        records = json.loads(queued.stdout)
+        assert {r["preset"] for r in records} == {"a", "b"} and {r["mask"] for r in records} == {str(good)}
+        wait_until(lambda: studio.counts()["done"] == 2, what="both submitted jobs done")
+    finally:
+        assert daemon.stop() == 0
+    assert sorted(p.name for p in (tmp_path / "finished").iterdir()) == ["export-a.jpg", "export-b.jpg"]
+    assert shot.exists() and good.exists()  # submitted files are never moved
+    assert {j.mask_sha256 for j in studio.jobs()} == {sha(good)}
+
+
+@pytest.mark.xdist_group("ray")  # one Ray runtime at a time (tests/test_ray.py)
+@pytest.mark.timeout(600)
+def test_a_masked_photo_on_the_ray_cluster_is_the_picture_a_local_worker_makes(tmp_path):
+    ray = pytest.importorskip("ray", reason="the Ray tests need Ray: pip install -e '.[test]' installs it")
+    import shutil
+    import tempfile
+
+    png = {"output": {"format": "png"}}
+    pictures = []
+    sessions = Path(tempfile.mkdtemp(prefix="nst-ray-"))  # short: Ray's socket paths must stay under 107 bytes
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING",
+             _temp_dir=str(sessions))
+    try:
+        address = ray.get_runtime_context().gcs_address
+        for name, args in (("local", ()), ("ray", ("--ray", address))):
+            studio = Studio(tmp_path / name, presets=("a",), preset_settings=png)
+            staging = tmp_path / name / "staging"
+            # 96x80 photo and mask for 32 px outputs: the mask travels at the output size.
+            drop(studio, photo(staging / "big.jpg", seed=4, size=(96, 80)),
+                 paint(staging / "big.mask.png", size=(96, 80)))
+            daemon = studio.start(*args)
+            try:
+                wait_until(lambda: studio.counts().get("done") == 1, 180, what=f"the {name} job")
+            finally:
+                assert daemon.stop(120) == 0
+            [job] = studio.jobs()
+            assert job.mask_sha256 is not None
+            [output] = studio.outputs()
+            with Image.open(output) as image:
+                pictures.append(np.asarray(image))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(sessions, ignore_errors=True)
+    assert pictures[0].shape == (27, 32, 3)
+    assert np.array_equal(pictures[0], pictures[1])
+
+
+MASKED_RESULT = """() => {
+  const images = [...document.querySelectorAll(".result img")];
+  return images.length === 3 && images.every((img) => img.complete && img.naturalWidth > 0)
+    && images.map((img) => img.className).join(" ");
+}"""
+
+
+def test_the_web_page_shows_the_mask_between_before_and_after(tmp_path):
+    from test_web import _browser, web_view
+
+    chromium, sync_playwright = _browser()
+    studio = Studio(tmp_path, presets=("a",))
+    staging = tmp_path / "staging"
+    drop(studio, photo(staging / "duo.jpg", seed=3), paint(staging / "duo.mask.png"))
+    with web_view(studio) as (daemon, port):
+        daemon.wait_ready()
+        wait_until(lambda: studio.counts()["done"] == 1, what="the masked photo done")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 900, "height": 600})
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"http://127.0.0.1:{port}/")
+            order = page.wait_for_function(MASKED_RESULT, timeout=30_000).json_value()
+            captions = page.locator(".result figcaption").all_inner_texts()
+            page.screenshot(path=str(tmp_path / "masked-result.png"), full_page=True)
+            browser.close()
+    assert order == "before mask after" and [c.lower() for c in captions] == ["before", "mask", "after"]
+    assert errors == [], errors

@@ -32,6 +32,7 @@ from ..errors import EngineError, MaskError, PhotoError, PresetError
 from ..faults import fault as _fault
 from ..jobs import Job, Ledger
 from ..photo import load_photo
+from ..photo.mask import Mask, check_regions, load_mask
 from ..progress import eta_seconds
 from ..watch.masks import MaskNames
 from .identity import file_sha256, preset_hash
@@ -277,7 +278,7 @@ class Worker:
             if photo is None:
                 continue
             mask = self._mask(job, photo, preset, watch)
-            if mask is not _PUT_ASIDE:
+            if mask is not _NOT_NOW:
                 todo.append((job, photo, watch, effective, mask))
         if not todo:
             return
@@ -308,26 +309,27 @@ class Worker:
     # --- masks -----------------------------------------------------------------------
 
     def _mask(self, job: Job, photo, preset: Preset, watch: Watch | None):
-        """The job's mask, read and checked for `photo`; None to run without one; _PUT_ASIDE when the job ends here.
+        """The job's mask, read and checked for `photo`; None to run without one; _NOT_NOW when it is not stylised
+        now (failed, put aside, or waiting for its new mask).
 
         A job without a mask whose preset names regions waited for one in
         vain (the intake held it for watch.mask.wait_seconds): it runs with
         the preset's own styles (mask.missing: run) or fails saying which mask
         to add (fail). A mask that cannot serve fails its job, with the
         mask's name and the fix (MaskError); one replaced since the job was
-        queued puts the job aside for the new mask's.
+        queued gives way to the new mask's job (`_replaced`).
         """
         if job.mask_path is None:
             if not preset.needs_mask:
                 return None
             if self._put_aside_for_newer(job, "its mask came meanwhile"):
-                return _PUT_ASIDE
+                return _NOT_NOW
             if watch is not None and watch.mask.missing == "run" and preset.styles:
                 log.info("job %d: no mask came for %s within %g s; it runs with preset %s's own styles "
                          "(mask.missing: run)", job.id, job.source_path, watch.mask.wait_seconds, preset.name)
                 return None
             self._fail(job, no_mask_reason(job, preset, watch), permanent=True)
-            return _PUT_ASIDE
+            return _NOT_NOW
         try:
             if _changed(job):
                 raise _Replaced()
@@ -335,27 +337,46 @@ class Worker:
             if mask.sha256 != job.mask_sha256:
                 raise _Replaced()
         except _Replaced:
-            note = (f"its mask {Path(job.mask_path).name} changed after the job was queued; the new mask makes a "
-                    "job of its own")
-            if not self._put_aside_for_newer(job, note, any_newer=job.watch is not None):
-                self._fail(job, f"{job.mask_path}: changed after it was queued; the new version is queued "
-                                "separately when it settles", permanent=True)
-            return _PUT_ASIDE
+            self._replaced(job, watch)
+            return _NOT_NOW
         except MaskError as exc:
             self._fail(job, str(exc), permanent=exc.permanent)
-            return _PUT_ASIDE
+            return _NOT_NOW
         return mask
 
-    def _put_aside_for_newer(self, job: Job, why: str, *, any_newer: bool = False) -> bool:
-        """Supersede `job` when a newer job of its photo and preset has another mask (`any_newer`: or when it
-        is simply gone, replaced on disk); True if it was put aside. Its photo's fate is then the newer job's.
+    def _replaced(self, job: Job, watch: Watch | None) -> None:
+        """The job's mask file holds other bytes than it was queued with: the new mask's job runs instead.
+
+        Put aside for that job once the intake has queued it; until then the
+        job waits (released, its attempt not counted, looked at again after
+        twice the settle window): put aside now, its photo, all its jobs
+        finished, would move to processed/ before the new mask could find it.
+        A submitted job has no intake to queue the new mask: it fails.
+        """
+        name = Path(job.mask_path).name
+        if self._put_aside_for_newer(job, f"its mask {name} changed after the job was queued"):
+            return
+        if watch is None:
+            self._fail(job, f"{job.mask_path}: changed after the job was queued; submit the photo again with the "
+                            "mask as it is now", permanent=True)
+            return
+        wait = max(2.0, 2 * watch.settle_seconds)
+        reason = f"its mask {name} changed after the job was queued; waits for the new mask's own job"
+        if self.ledger.release(self.owner, [job.id], reason=reason, delay=wait):
+            log.info("job %d (%s): %s", job.id, job.source_path, reason)
+            self._finished(job)
+
+    def _put_aside_for_newer(self, job: Job, why: str) -> bool:
+        """Supersede `job` when a newer job of its photo and preset has another mask; True if it was put aside.
+
+        Its photo's fate is then the newer job's.
         """
         newer = [j.id for j in self.ledger.jobs_for(job.sha256)
                  if j.watch == job.watch and j.preset == job.preset and j.id > job.id
                  and j.mask_sha256 is not None and j.mask_sha256 != job.mask_sha256]
-        if not newer and not any_newer:
+        if not newer:
             return False
-        note = f"superseded by job {newer[-1]}: {why}" if newer else f"put aside: {why}"
+        note = f"superseded by job {newer[-1]}: {why}"
         if not self.ledger.supersede([job.id], note, owner=self.owner):
             return False
         log.info("job %d (%s, preset %s) %s", job.id, job.source_path, job.preset, note)
@@ -377,8 +398,9 @@ class Worker:
         beat.start()
         resumes = [self._kept(job, preset) for job in jobs]
         try:
-            results = stylize_photos(self.darkroom, [t[1] for t in todo], preset, progress=self._progress,
-                                     resume=resumes if any(resumes) else None, masks=masks)
+            results = self.darkroom.stylize_photos([t[1] for t in todo], preset, progress=self._progress,
+                                                   resume=resumes if any(resumes) else None,
+                                                   masks=masks if any(m is not None for m in masks) else None)
         except Interrupted as stopped:
             self._keep(todo, stopped)
             return
@@ -464,7 +486,8 @@ class Worker:
 
     # --- publishing (the protocol itself is nst_watch.service.publish's) ---------------
 
-    def _publish(self, job: Job, photo, result, preset: Preset, watch: Watch | None, mask=None) -> None:
+    def _publish(self, job: Job, photo, result, preset: Preset, watch: Watch | None, mask: Mask | None = None
+                 ) -> None:
         template = watch.template if watch else "{stem}-{preset}.{ext}"
         collision = watch.collision if watch else "suffix"
         dest = None
@@ -473,7 +496,7 @@ class Worker:
             final = self.outputs.publish(
                 job, EXTENSIONS[preset.output.format],
                 lambda staged, temp: self.darkroom.save(photo, result, preset, dest=staged, collision="overwrite",
-                                                        temp=temp),
+                                                        temp=temp, mask=mask),
                 dest, collision)
         except PhotoError as exc:
             # The user knows the photo and the output name, not our staging name.
@@ -485,7 +508,7 @@ class Worker:
         self._thumbnails(job, photo, result, preset, mask)
         self._complete(job, final, f" ({result.iterations} iterations, {result.seconds:.0f} s)")
 
-    def _thumbnails(self, job: Job, photo, result, preset: Preset, mask=None) -> None:
+    def _thumbnails(self, job: Job, photo, result, preset: Preset, mask: Mask | None = None) -> None:
         """Before/after thumbnails (and the mask's, painted in its regions' colours) for the web view, in place
         before the job shows as done.
 
@@ -558,7 +581,7 @@ class _Replaced(Exception):
     """A job's mask is not the one it was queued with (replaced on disk)."""
 
 
-_PUT_ASIDE = object()  # Worker._mask: the job was failed or superseded, not to be stylised
+_NOT_NOW = object()  # Worker._mask: the job was failed, superseded or released: not to be stylised now
 
 
 def _changed(job: Job) -> bool:
@@ -570,25 +593,16 @@ def _changed(job: Job) -> bool:
         return False
 
 
-def load_job_mask(job: Job, photo, preset: Preset, *, max_pixels: int):
-    """The mask of `job` (nst_watch.photo.mask.Mask) for `photo`, checked for `preset` at its output size.
+def load_job_mask(job: Job, photo, preset: Preset, *, max_pixels: int) -> Mask:
+    """The mask of `job` for `photo`, checked for `preset` at its output size.
 
     MaskError (permanent, naming the mask and the fix) when it cannot be read,
     has a colour no region names, has another aspect ratio than the photo,
     or leaves a region too small for the style layers at the output size.
     """
-    from ..photo.mask import check_regions, load_mask
-
     mask = load_mask(Path(job.mask_path), preset, photo_size=(photo.width, photo.height), max_pixels=max_pixels)
     check_regions(mask, preset, output_size(photo.height, photo.width, preset))
     return mask
-
-
-def stylize_photos(darkroom: Darkroom, photos, preset: Preset, *, progress, resume, masks) -> list:
-    """darkroom.stylize_photos with one mask (nst_watch.photo.mask.Mask) or None per photo."""
-    if not any(m is not None for m in masks):
-        return darkroom.stylize_photos(photos, preset, progress=progress, resume=resume)
-    return darkroom.stylize_photos(photos, preset, progress=progress, resume=resume, masks=masks)
 
 
 def no_mask_reason(job: Job, preset: Preset, watch: Watch | None) -> str:
