@@ -33,7 +33,7 @@ from ..config import EngineSettings, Preset, deepest, min_edge, style_long_edge
 from ..errors import EngineError, PresetError
 from . import color, guidance, memory
 from .clock import Clock, ProgressCallback
-from .losses import (ContentLoss, GuidedStyleLoss, StyleLoss, TVLoss, blend_grams, gram_matrix,
+from .losses import (ContentLoss, GuidedStyleLoss, KeepLoss, StyleLoss, TVLoss, blend_grams, gram_matrix,
                      guided_gram_matrices, layer_weights)
 from .objective import StyleTransferObjective, gray_to_rgb, identity
 from .optimise import LBFGS, AveragedAdam, optimise
@@ -48,6 +48,8 @@ log = logging.getLogger("nst_watch.engine")
 # an H200 through autocast (issue 20): bf16 was slower than fp32 at 512 px batch 1 (12.2 against 9.5 ms an
 # iteration), faster at 1024 px batch 1 (12.8 against 14.6 ms) and at 512 px batch 8 (22.7 against 27.9 ms).
 AUTO_BF16_PIXELS = 1024 * 1024
+# losses.KeepLoss's weight: how hard a mask's kept regions are held to the photo's pixels.
+KEEP_WEIGHT = 30.0
 
 
 @dataclass
@@ -635,12 +637,14 @@ class Engine:
             content_features = extractor(seen)
         own = None if guide is None else (
             lambda: {name: guided_gram_matrices(content_features[name], guide[name]) for name in preset.style_layers})
+        first = color.luminance(content) if luminance else content
         return StyleTransferObjective(
             extractor,
             {name: ContentLoss(content_features[name], preset.content_weight) for name in preset.content_layers},
             self._style_losses(extractor, preset, styles, edge, content, guide, own),
             TVLoss(preset.tv_weight),
             gray_to_rgb if luminance else identity,
+            self._keep(preset, guide, first),
         )
 
     def _tiled_objective(self, extractor: FeatureExtractor, content: torch.Tensor, preset: Preset, styles,
@@ -664,7 +668,14 @@ class Engine:
             device=self.device,
             dtype=self.dtype,
             channels_last=self.channels_last,
+            keep=self._keep(preset, guide, seen),
         )
+
+    @staticmethod
+    def _keep(preset: Preset, guide: dict[str, torch.Tensor] | None, photo: torch.Tensor) -> KeepLoss | None:
+        """The pixel term that holds a mask's kept regions to `photo` (losses.KeepLoss), or None."""
+        keep = None if guide is None else guidance.keep_weights(preset, guide[guidance.PIXELS])
+        return None if keep is None else KeepLoss(photo, keep.to(photo.dtype), KEEP_WEIGHT)
 
     def _style_losses(self, extractor, preset: Preset, styles, edge: int, content,
                       guide: dict[str, torch.Tensor] | None = None, own=None) -> dict[str, nn.Module]:

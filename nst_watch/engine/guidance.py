@@ -59,12 +59,16 @@ def resize_weights(weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return x / x.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+PIXELS = "pixels"  # at_layers' key for the weights at the image's own resolution
+
+
 def at_layers(weights: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
     """The weights [N, R, H, W] at each layer's resolution: average-pooled once per pooling before it.
 
     Floor pooling, as VGG19's, so each map has its layer's feature shape.
+    The weights themselves are kept under PIXELS (for losses.KeepLoss).
     """
-    out = {}
+    out = {PIXELS: weights}
     by_pools: dict[int, torch.Tensor] = {0: weights}
     for name in layers:
         pools = int(math.log2(min_edge([name])))  # a layer's stride is its min_edge
@@ -92,6 +96,12 @@ def region_styles(preset: Preset, styles: Sequence[torch.Tensor]
         if preset.regions is not None:
             offset += len(images)
     return groups
+
+
+def keep_weights(preset: Preset, weights: torch.Tensor) -> torch.Tensor | None:
+    """[N, 1, H, W]: each pixel's weight in the regions that keep the photo; None where no region does."""
+    kept = [r for r, (_, _, images) in enumerate(preset.region_list()) if images is None]
+    return weights[:, kept].sum(dim=1, keepdim=True) if kept else None
 
 
 def whole_styles(preset: Preset, styles: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[float]]:

@@ -282,6 +282,46 @@ def guided_gram_matrices(features: torch.Tensor, guidance: torch.Tensor) -> torc
         return torch.stack(grams, dim=1)
 
 
+class KeepLoss(nn.Module):
+    """Holds the pixels a mask keeps to the photo: weight * sum_p K_p |x_p - P_p|^2 / (C H W), per image.
+
+    `photo` is the photo at this scale, [N, C, H, W] (C = 1 for colour:
+    luminance, as the optimised image); `keep` is [N, 1, H, W], each
+    pixel's total weight in the regions that keep the photo (0-1). Not in
+    Gatys et al. 2017, whose regions all take a style: a region matched to
+    the photo's own Grams keeps its texture statistics but not its pixels,
+    because the content term at relu4_2 and Gram matrices both let fine
+    detail drift where the styled neighbours' receptive fields pull on it
+    (luminance SSIM 0.53 inside a kept face at 128 px without this term, 0.97
+    with weight 30: benchmarks/masks.py).
+    A pixel term holds what is kept, and its weight K falls off with a soft
+    mask's edge, so the border is still harmonised. Pixel-space and cheap,
+    like TV, it is computed on the whole image and reported in TV's row.
+    """
+
+    def __init__(self, photo: torch.Tensor, keep: torch.Tensor, weight: float):
+        super().__init__()
+        self.register_buffer("photo", photo.detach())
+        self.register_buffer("keep", keep.detach())
+        self.weight = float(weight)
+
+    def _scaled(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x - P, weight K / (C H W)) on `image`'s device and dtype."""
+        c, h, w = image.shape[1:]
+        diff = image - self.photo.to(image.device, image.dtype)
+        return diff, self.keep.to(image.device, image.dtype) * (self.weight / (c * h * w))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        diff, k = self._scaled(image)
+        return (k * diff.pow(2)).sum(dim=(1, 2, 3))
+
+    def value_and_gradient(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([N] values, d value / d image), without a graph."""
+        diff, k = self._scaled(image)
+        weighted = k * diff
+        return (weighted * diff).sum(dim=(1, 2, 3)), weighted.mul_(2)
+
+
 class TVLoss(nn.Module):
     """Total variation: weight * (mean squared difference of horizontal neighbours + of vertical ones).
 

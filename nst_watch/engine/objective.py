@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from .losses import ContentLoss, StyleLoss, TVLoss, wide
+from .losses import ContentLoss, KeepLoss, StyleLoss, TVLoss, wide
 from .vgg import FeatureExtractor
 
 CONTENT, STYLE, TV = 0, 1, 2  # rows of a terms tensor (TV last: the other two are squared norms)
@@ -50,16 +50,18 @@ class StyleTransferObjective:
     read; `content` and `style` map layer names to their losses (weights
     folded in); `render` maps the optimised tensor to the RGB image VGG19
     sees (identity, or gray_to_rgb for colour: luminance). Images are
-    [N, C, H, W] on the extractor's device.
+    [N, C, H, W] on the extractor's device. `keep` (a mask's regions that
+    keep the photo, losses.KeepLoss) is added to the TV row.
     """
 
     def __init__(self, extractor: FeatureExtractor, content: Mapping[str, ContentLoss],
                  style: Mapping[str, StyleLoss], tv: TVLoss,
-                 render: Callable[[torch.Tensor], torch.Tensor] = identity):
+                 render: Callable[[torch.Tensor], torch.Tensor] = identity, keep: KeepLoss | None = None):
         self.extractor = extractor
         self.content = dict(content)
         self.style = dict(style)
         self.tv = tv
+        self.keep = keep
         self.render = render
         self._roots_buffer: _Roots | None = None
 
@@ -69,7 +71,8 @@ class StyleTransferObjective:
             features = self.extractor(self.render(image))
             content = _total([loss(features[name]) for name, loss in self.content.items()])
             style = _total([loss(features[name]) for name, loss in self.style.items()])
-            return torch.stack([content, style, self.tv(image)])
+            pixels = self.tv(image) if self.keep is None else self.tv(image) + self.keep(image)
+            return torch.stack([content, style, pixels])
 
     def terms_and_gradient(self, image: torch.Tensor, on_tile=None, out: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +94,12 @@ class StyleTransferObjective:
             torch.sum(image * lx, dim=(1, 2, 3), out=terms[TV])
             torch.autograd.backward([features[name] for name in gradients], list(gradients.values()))
             torch.square(buffers.roots, out=terms[:TV])
-            return terms, leaf.grad.add_(lx, alpha=2)
+            gradient = leaf.grad.add_(lx, alpha=2)
+            if self.keep is not None:
+                value, keep_gradient = self.keep.value_and_gradient(image)
+                terms[TV] += value
+                gradient += keep_gradient
+            return terms, gradient
 
     def _buffers(self, n: int, like: torch.Tensor) -> "_Roots":
         if self._roots_buffer is None or self._roots_buffer.roots.shape[1] != n:

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import min_edge
-from .losses import _EPS, GuidedStyleLoss, StyleLoss, TVLoss, gram_matrix, wide
+from .losses import _EPS, GuidedStyleLoss, KeepLoss, StyleLoss, TVLoss, gram_matrix, wide
 from .vgg import LAYER_NAMES, FeatureExtractor, layer_index
 
 
@@ -231,7 +231,8 @@ class TiledObjective:
     image [1, 3, H, W] (RGB in [0, 1], on any device) whose features at
     `content_layers` are the targets; `style` maps each style layer to its
     StyleLoss (target Gram and weight, style_weight x w_l, folded in);
-    `tv` is the TVLoss (weight folded in). `render` maps the optimised
+    `tv` is the TVLoss (weight folded in), `keep` a mask's KeepLoss
+    (added to TV's row) or None. `render` maps the optimised
     tensor to the RGB image VGG19 sees (identity, or grey to RGB for
     colour: luminance). Tiles run on `device`; images and gradients stay
     where the caller keeps them (the host, for a photo too big for the
@@ -241,7 +242,8 @@ class TiledObjective:
     def __init__(self, extractor: FeatureExtractor, content: torch.Tensor, *,
                  content_layers: Sequence[str], content_weight: float, style: Mapping[str, StyleLoss],
                  tv: TVLoss, render: Callable[[torch.Tensor], torch.Tensor], tile: int,
-                 device: torch.device, dtype: torch.dtype = torch.float32, channels_last: bool = True):
+                 device: torch.device, dtype: torch.dtype = torch.float32, channels_last: bool = True,
+                 keep: KeepLoss | None = None):
         if content.dim() != 4 or len(content) != 1:
             raise ValueError(f"content must be [1, C, H, W], got {tuple(content.shape)}")
         self.extractor = extractor
@@ -254,6 +256,7 @@ class TiledObjective:
         self.content_weight = content_weight
         self.style = {name: loss.to(device) for name, loss in style.items()}
         self.tv = tv
+        self.keep = keep
         self.positions = {}  # layer -> (H_l * W_l) of the whole image
         self.targets: list[dict[str, torch.Tensor]] = []  # per tile, owned content features (on content's device)
         self._content_targets(content)
@@ -357,6 +360,10 @@ class TiledObjective:
         tv, tv_gradient = self.tv.value_and_gradient(image.to(self.dtype))
         gradient += tv_gradient
         tv = float(tv)
+        if self.keep is not None:  # pixel-wise like TV, and reported with it
+            value, keep_gradient = self.keep.value_and_gradient(image.to(self.dtype))
+            gradient += keep_gradient
+            tv += float(value)
         terms = torch.tensor([[content], [style], [tv]], dtype=torch.float64)
         if out is not None:
             out.copy_(terms)
