@@ -14,6 +14,19 @@ Photos and the third style come from scikit-image's bundled sample data
 (public domain or CC0, see SOURCES); with ``--skimage-data`` pointing at
 ``skimage/data`` (``pip download scikit-image`` and unzip the wheel) they are
 re-exported at the sizes the repository keeps.
+
+Masks (``masked/``, for spatial control and ``benchmarks/masks.py``; need
+scipy, which scikit-image brings):
+
+- ``masked/astronaut.mask.png``: the simple case, white background (styled)
+  and black face and hair (kept), an ellipse feathered over ~10 px, as a
+  retoucher paints it;
+- ``masked/summer-palace.mask.png``: two regions, sky blue (#0000ff) and
+  ground green (#00ff00), antialiased between them: the bright, smooth,
+  bluish pixels connected to the top edge, cleaned up and grown into the
+  bright pixels beside them, then blurred by 1.2 px.
+  ``masked/summer-palace.jpg`` is scikit-learn's ``china.jpg`` (CC BY 2.0,
+  see SOURCES); ``--sklearn-images`` points at ``sklearn/datasets/images``.
 """
 
 from __future__ import annotations
@@ -114,12 +127,61 @@ def copy_skimage(data: Path) -> None:
                 image.save(dest, optimize=True)
 
 
+def portrait_mask(photo: Path) -> Image.Image:
+    """White everywhere but a feathered black ellipse over the astronaut's face and hair."""
+    from scipy import ndimage
+
+    with Image.open(photo) as image:
+        w, h = image.size
+    y, x = np.mgrid[0:h, 0:w]
+    face = ((x - 226 * w / 512) / (74 * w / 512)) ** 2 + ((y - 92 * h / 512) / (84 * h / 512)) ** 2 <= 1
+    white = 1 - ndimage.gaussian_filter(face.astype(np.float32), 5)
+    return Image.fromarray((white * 255).round().astype(np.uint8), "L")
+
+
+def sky_mask(photo: Path) -> Image.Image:
+    """Sky blue (#0000ff) and ground green (#00ff00), antialiased between them (see the module docstring)."""
+    from scipy import ndimage
+
+    with Image.open(photo) as image:
+        rgb = np.asarray(image.convert("RGB"), np.float32) / 255
+    lum = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    std = np.sqrt(np.clip(ndimage.uniform_filter(lum**2, 5) - ndimage.uniform_filter(lum, 5) ** 2, 0, None))
+    skyish = (lum > 0.55) & (rgb[..., 2] >= rgb[..., 0] - 0.02)
+    labels, _ = ndimage.label(skyish & (std < 0.02))
+    sky = np.isin(labels, list(set(np.unique(labels[0])) - {0}))
+    pad = 6  # edge padding keeps the morphology from eating the frame's border
+    sky = np.pad(sky, pad, mode="edge")
+    sky = ndimage.binary_closing(sky, iterations=3)
+    sky = ndimage.binary_opening(ndimage.binary_fill_holes(sky), iterations=2)[pad:-pad, pad:-pad]
+    sky = ndimage.binary_dilation(sky, iterations=3, mask=skyish)
+    soft = ndimage.gaussian_filter(sky.astype(np.float32), 1.2)
+    out = np.zeros((*soft.shape, 3), np.float32)
+    out[..., 2], out[..., 1] = soft, 1 - soft
+    return Image.fromarray((out * 255).round().astype(np.uint8))
+
+
+def masks(sklearn_images: Path | None) -> None:
+    folder = HERE / "masked"
+    folder.mkdir(exist_ok=True)
+    if sklearn_images:
+        with Image.open(sklearn_images / "china.jpg") as image:
+            image = image.convert("RGB")
+            image.thumbnail((512, 512), Image.LANCZOS)
+            image.save(folder / "summer-palace.jpg", quality=90, subsampling=0)
+    portrait_mask(HERE / "photos" / "astronaut.jpg").save(folder / "astronaut.mask.png", optimize=True)
+    if (folder / "summer-palace.jpg").exists():
+        sky_mask(folder / "summer-palace.jpg").save(folder / "summer-palace.mask.png", optimize=True)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skimage-data", type=Path, help="scikit-image's skimage/data folder")
+    parser.add_argument("--sklearn-images", type=Path, help="scikit-learn's sklearn/datasets/images folder")
     args = parser.parse_args()
     (HERE / "styles").mkdir(exist_ok=True)
     impasto().save(HERE / "styles" / "impasto.jpg", quality=92, subsampling=0)
     stained_glass().save(HERE / "styles" / "stained-glass.jpg", quality=92, subsampling=0)
     if args.skimage_data:
         copy_skimage(args.skimage_data)
+    masks(args.sklearn_images)
