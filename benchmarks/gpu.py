@@ -411,13 +411,64 @@ def part_sheet(report: Report) -> None:
                 f"bf16 {results['bf16'].loss:.4f}, mean |bf16 - fp32| {diff:.1f}/255")
 
 
+def part_masks(report: Report, engine: Engine) -> None:
+    """Spatial control on the device: a 24 MP mask to the coarsest scale, masked vs plain s/it, masked tiles."""
+    from nst_watch.engine.guidance import resize_weights
+
+    device = engine.device
+    big = (120, 180) if report.smoke else (4000, 6000)
+    weights = torch.zeros(1, 2, *big, device=device)
+    weights[:, 0, :, : big[1] // 2] = 1
+    weights[:, 1] = 1 - weights[:, 0]
+    small = resize_weights(weights, (43, 64))  # ~94x in one call: what an antialiased resize cannot do on CUDA
+    sync()
+    share = float(small[0, 0].mean())
+    side = 96 if report.smoke else 1024
+    iterations = 3 if report.smoke else 20
+    content, style = photo(side * 2 // 3, side), painting(side)
+    mask = torch.zeros(2, side * 2 // 3, side)
+    mask[0, :, : side // 2] = 1
+    mask[1] = 1 - mask[0]
+    preset = Preset(name="masks", styles=["p.png"], size=side, iterations=iterations, pyramid=None, early_stop=None)
+    times = {}
+    for label, masks in (("plain", None), ("masked", [mask]), ("plain", None), ("masked", [mask])):
+        sync()
+        t = time.perf_counter()
+        engine.stylize([content], preset, [style], masks=masks)
+        sync()
+        times[label] = min(times.get(label, float("inf")), (time.perf_counter() - t) / iterations)
+    ratio = times["masked"] / times["plain"]
+    report.figure("masked_over_plain_per_iteration", ratio)
+    w, h = (256, 160) if report.smoke else (3840, 2160)
+    budget = engine.untiled_bytes((h, w), 1) // (1 if report.smoke else 4) - 1
+    wide = torch.zeros(2, h, w)  # sky and ground
+    wide[0, : h // 2] = 1
+    wide[1] = 1 - wide[0]
+    tiled = Preset(name="masks-tiled", styles=["p.png"], size="full", iterations=2 if report.smoke else 6,
+                   pyramid=None, early_stop=None)
+    saved, engine.work_memory = engine.work_memory, budget  # a quarter of the need: 4 or more tiles
+    try:
+        t = time.perf_counter()
+        [result] = engine.stylize([photo(h, w)], tiled, [painting(512)], masks=[wide])
+        sync()
+    finally:
+        engine.work_memory = saved
+        engine.cache_clear()
+    finite = bool(torch.isfinite(result.image).all())
+    report.data["parts"]["masks"] = {"coarse_share": share, "seconds_per_iteration": times, "ratio": ratio,
+                                     "tiled_4k_seconds": time.perf_counter() - t, "tiled_finite": finite}
+    report.line(f"masks: {big[1]}x{big[0]} mask -> 64x43 share {share:.3f} (0.5 expected); @{side}px masked "
+                f"{times['masked']:.3f} vs plain {times['plain']:.3f} s/iteration: ratio {ratio:.2f}; "
+                f"{w}x{h} masked in tiles: finite {finite}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for checking the script on a CPU")
     parser.add_argument("--budget", type=float, default=450, help="seconds; parts that would start later are skipped")
     parser.add_argument("--only", nargs="*", help="run only these parts (resize full overhead precision "
-                        "throughput daemon tiled bf16 sheet)")
+                        "throughput daemon tiled bf16 masks sheet)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("nst_watch.engine").setLevel(logging.ERROR)
@@ -434,6 +485,7 @@ def main(argv=None) -> int:
         ("daemon", lambda: part_daemon(report)),
         ("tiled", lambda: part_tiled(report, engine)),
         ("bf16", lambda: part_bf16(report)),
+        ("masks", lambda: part_masks(report, engine)),
         ("sheet", lambda: part_sheet(report)),
     ]
     for name, run in parts:
