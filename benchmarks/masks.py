@@ -127,6 +127,7 @@ def sheet(rows: list[tuple[list[Image.Image], str]], height: int) -> Image.Image
         x, y = 0, r * (height + caption + gap)
         for im in row:
             out.paste(im, (x, y))
+            draw.rectangle((x, y, x + im.width - 1, y + height - 1), outline=(160, 160, 160))  # a white mask's edge
             x += im.width + gap
         draw.text((2, y + height + 1), text, fill=(40, 40, 40))
     return out
