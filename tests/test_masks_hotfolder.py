@@ -407,3 +407,77 @@ def test_the_web_page_shows_the_mask_between_before_and_after(tmp_path):
             browser.close()
     assert order == "before mask after" and [c.lower() for c in captions] == ["before", "mask", "after"]
     assert errors == [], errors
+
+
+# --- one photo, several copies, each with its own mask ---------------------------------------------------------
+
+
+def copies_with_masks(tmp_path, seed: int, **masks) -> tuple[Studio, dict[str, str]]:
+    """Copies of one photo dropped as {name}.jpg, each with its mask {name}.mask.png painted (left, right);
+    preset a names regions. Returns the studio and {name: the SHA-256 of its mask}."""
+    studio = Studio(tmp_path, presets=("a",))
+    with_regions(studio)
+    staging = tmp_path / "staging"
+    original = photo(staging / "original.jpg", seed=seed).read_bytes()
+    shas, files = {}, []
+    for name, (left, right) in masks.items():
+        (staging / f"{name}.jpg").write_bytes(original)
+        mask = paint(staging / f"{name}.mask.png", left=left, right=right)
+        shas[name] = sha(mask)
+        files += [staging / f"{name}.jpg", mask]
+    drop(studio, *files)
+    return studio, shas
+
+
+def test_copies_of_one_photo_with_their_own_masks_are_their_own_jobs(tmp_path):
+    studio, shas = copies_with_masks(tmp_path, seed=11, top=(WHITE, BLACK), left=(BLACK, WHITE))
+    daemon = studio.start().wait_ready()
+    try:
+        wait_until(lambda: studio.counts()["done"] == 2, what="both pairs done")
+        wait_until(lambda: len(list(studio.processed.glob("*"))) == 4 if studio.processed.exists() else False,
+                   what="photos and masks moved")
+    finally:
+        assert daemon.stop() == 0
+    assert "put aside" not in daemon.log, daemon.log
+    assert sorted(p.name for p in studio.outputs()) == ["left-a.jpg", "top-a.jpg"]
+    assert sorted(p.name for p in studio.processed.iterdir()) == ["left.jpg", "left.mask.png", "top.jpg",
+                                                                  "top.mask.png"]
+    for name in ("top", "left"):  # each mask went with its own photo, under its own name
+        assert sha(studio.processed / f"{name}.mask.png") == shas[name]
+    jobs = {Path(j.source_path).name: j for j in studio.jobs()}
+    assert sorted(jobs) == ["left.jpg", "top.jpg"]
+    for name, job in jobs.items():
+        stem = Path(name).stem
+        assert not job.put_aside and job.mask_sha256 == shas[stem]
+        assert Path(job.mask_path) == studio.processed / f"{stem}.mask.png"
+        assert Path(job.output_path).name == f"{stem}-a.jpg"
+    table = nst("status", "-c", studio.config).stdout
+    assert "top.jpg + top.mask.png" in table and "left.jpg + left.mask.png" in table, table
+
+
+def test_a_copy_with_a_bad_mask_fails_only_that_photo(tmp_path):
+    # palace2's mask is painted red, a colour no region names.
+    studio, shas = copies_with_masks(tmp_path, seed=12, palace=(WHITE, BLACK), palace2=(RED, BLACK))
+    daemon = studio.start().wait_ready()
+    try:
+        wait_until(lambda: (studio.failed / "palace2.mask.png").exists(), what="the bad pair in failed/")
+        wait_until(lambda: (studio.processed / "palace.mask.png").exists(), what="the good pair in processed/")
+        assert sorted(p.name for p in studio.failed.iterdir()) == ["palace2.jpg", "palace2.jpg.error.txt",
+                                                                   "palace2.mask.png"]
+        assert sorted(p.name for p in studio.processed.iterdir()) == ["palace.jpg", "palace.mask.png"]
+        assert sha(studio.processed / "palace.mask.png") == shas["palace"]
+        assert sha(studio.failed / "palace2.mask.png") == shas["palace2"]
+        report = (studio.failed / "palace2.jpg.error.txt").read_text()
+        assert "#ff0000" in report and "palace.mask.png" not in report.replace("palace2.mask.png", ""), report
+        assert [p.name for p in studio.outputs()] == ["palace-a.jpg"]
+        # The good pair dropped again: already done; both go to processed/, side by side.
+        again = tmp_path / "again"
+        drop(studio, photo(again / "palace.jpg", seed=12), paint(again / "palace.mask.png"))
+        wait_until(lambda: not any(studio.inbox.iterdir()), what="the pair dropped again moved")
+    finally:
+        assert daemon.stop() == 0
+    assert sorted(p.name for p in studio.processed.iterdir()) == ["palace (1).jpg", "palace (1).mask.png",
+                                                                  "palace.jpg", "palace.mask.png"]
+    jobs = {Path(j.source_path).name: j for j in studio.jobs()}
+    assert jobs["palace.jpg"].state == "done" and jobs["palace2.jpg"].state == "failed"
+    assert "palace2.mask.png" in jobs["palace2.jpg"].error

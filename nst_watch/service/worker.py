@@ -367,12 +367,14 @@ class Worker:
             self._finished(job)
 
     def _put_aside_for_newer(self, job: Job, why: str) -> bool:
-        """Supersede `job` when a newer job of its photo and preset has another mask; True if it was put aside.
+        """Supersede `job` when a newer job of its photo file and preset has another mask; True if it was put aside.
 
-        Its photo's fate is then the newer job's.
+        Its photo's fate is then the newer job's. A copy of the photo under
+        another name, with its own mask, is another pair: never a newer job of this one.
         """
         newer = [j.id for j in self.ledger.jobs_for(job.sha256)
                  if j.watch == job.watch and j.preset == job.preset and j.id > job.id
+                 and j.source_path == job.source_path
                  and j.mask_sha256 is not None and j.mask_sha256 != job.mask_sha256]
         if not newer:
             return False
