@@ -64,6 +64,11 @@ DEAD = "dead"  # transient errors or lost leases used up max_attempts
 STATES = (PENDING, LEASED, DONE, FAILED, DEAD)
 # How the error of a job put aside for another begins (Ledger.supersede, Ledger.rekey): see Job.put_aside.
 PUT_ASIDE = ("superseded by job", "put aside:")
+# What `status`, its JSON and the web view call a job put aside: in the ledger it is done (its photo may move
+# on), but it made nothing, so it is counted apart from the jobs that are done (Ledger.counts(superseded=True)).
+SUPERSEDED = "superseded"
+_PUT_ASIDE_SQL = ("(state = 'done' AND output_path IS NULL AND ("
+                  + " OR ".join(f"substr(error, 1, {len(p)}) = '{p}'" for p in PUT_ASIDE) + "))")
 
 
 class LedgerError(NstWatchError):
@@ -110,6 +115,11 @@ class Job:
     def put_aside(self) -> bool:
         """Done without running: superseded by another job of its photo and preset (`Ledger.supersede`, `rekey`)."""
         return self.state == DONE and self.output_path is None and (self.error or "").startswith(PUT_ASIDE)
+
+    @property
+    def shown_state(self) -> str:
+        """The state as `status` and the web view show it: SUPERSEDED for a job put aside, else its state."""
+        return SUPERSEDED if self.put_aside else self.state
 
 
 @dataclass
@@ -1048,10 +1058,17 @@ class Ledger:
         """Every job whose mask has this content, oldest first."""
         return self._select(self._conn(), "mask_sha256 = ?", (mask_sha256,), "ORDER BY id")
 
-    def counts(self) -> dict[str, int]:
-        """Jobs per state, every state present (zeros included)."""
+    def counts(self, *, superseded: bool = False) -> dict[str, int]:
+        """Jobs per state, every state present (zeros included).
+
+        With `superseded`, the jobs put aside for another (Job.put_aside) are
+        counted under SUPERSEDED, not under done: they made no output.
+        """
         counts = dict.fromkeys(STATES, 0)
-        for state, count in self._conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+        label = f"CASE WHEN {_PUT_ASIDE_SQL} THEN '{SUPERSEDED}' ELSE state END" if superseded else "state"
+        if superseded:
+            counts[SUPERSEDED] = 0
+        for state, count in self._conn().execute(f"SELECT {label} AS label, COUNT(*) FROM jobs GROUP BY label"):
             counts[state] = count
         return counts
 

@@ -310,6 +310,12 @@ def test_a_mask_that_comes_while_its_photo_waits_is_used(tmp_path):
     [output] = [p for p in studio.outputs() if p.suffix == ".jpg"]
     sidecar = json.loads(output.with_name(output.name + ".json").read_text())
     assert sidecar["mask"]["sha256"] == used.mask_sha256
+    # One output: one job done, the one put aside counted apart (status, its JSON and the web view's).
+    snap = status(studio)
+    assert snap["counts"]["done"] == 1 and snap["counts"]["superseded"] == 1, snap["counts"]
+    assert {j["id"]: j["state"] for j in snap["recent"]} == {waited.id: "superseded", used.id: "done"}
+    table = nst("status", "-c", studio.config).stdout
+    assert "superseded" in table, table
 
 
 def test_submit_takes_a_mask_and_checks_it_first(tmp_path):
