@@ -179,6 +179,33 @@ def test_missing_run_needs_styles_for_photos_without_a_mask(tmp_path):
     result = nst("validate", "-c", studio.config)
     assert result.returncode == 78
     assert "watches.0.mask.missing" in result.stderr and "give the preset styles" in result.stderr, result.stderr
+    # Named by its key path and line, as every other mistake is (not "(top level)").
+    line = studio.config.read_text().splitlines().index("    missing: run") + 1
+    assert f"watches.0.mask.missing (line {line}): run (watch 'inbox')" in result.stderr, result.stderr
+    assert "top level" not in result.stderr
+
+
+@pytest.mark.parametrize("styles", [True, False])
+def test_a_photo_failed_without_its_mask_is_told_only_what_would_work(tmp_path, styles):
+    from types import SimpleNamespace
+
+    from nst_watch.config import load_config
+    from nst_watch.service.worker import no_mask_reason
+
+    studio = Studio(tmp_path, presets=("a",))
+    with_regions(studio, styles=styles)
+    config = load_config(studio.config)
+    job = SimpleNamespace(source_path=str(studio.inbox / "shot.jpg"), preset="a")
+    reason = no_mask_reason(job, config.presets["a"], config.watches[0])
+    assert "put its mask beside it as shot.mask.png" in reason, reason
+    if styles:
+        assert "or set mask.missing: run in watch 'inbox'" in reason, reason
+    else:  # mask.missing: run alone would be refused by validation: the preset needs styles first
+        assert "or set mask.missing: run" not in reason, reason
+        assert "give preset 'a' styles of its own" in reason and "then set mask.missing: run" in reason, reason
+        studio.watches[0]["mask"]["missing"] = "run"
+        studio.write_config()
+        assert nst("validate", "-c", studio.config).returncode == 78
 
 
 # --- the ledger --------------------------------------------------------------------------------------------------
