@@ -137,6 +137,10 @@ def test_a_mask_without_a_photo_waits_and_says_so_once(tmp_path):
         assert daemon.stop() == 0
     [job] = studio.jobs()
     assert Path(job.source_path).name == "lonely.jpg" and Path(job.mask_path).name == "lonely.mask.png"
+    # The README names the list by the words `status` shows and by the key `status --json` gives it.
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert 'A mask without a photo waits for one, listed under "not taken" in `status` (`"skipped"` in ' \
+           '`status --json`)' in readme
 
 
 # --- a photo whose preset needs a mask -------------------------------------------------------------------------
