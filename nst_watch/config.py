@@ -588,10 +588,10 @@ class Config(_Strict):
                 for name in watch.presets or sorted(self.presets):
                     preset = self.presets[name]
                     if preset.needs_mask and not preset.styles:
-                        raise ValueError(
-                            f"watches.{i}.mask.missing ({watch.name}): run, but preset {name!r} names regions and "
-                            "no styles of its own, so a photo without a mask has nothing to run with: give the "
-                            f"preset styles: for such photos, or set missing: fail")
+                        raise ValueError(  # begins with its key path: _describe gives it its line
+                            f"watches.{i}.mask.missing: run (watch {watch.name!r}), but preset {name!r} names "
+                            "regions and no styles of its own, so a photo without a mask has nothing to run with: "
+                            "give the preset styles: for such photos, or set missing: fail")
         return self
 
     def preset(self, name: str) -> Preset:
@@ -806,7 +806,18 @@ def _describe(err: dict, model: type[BaseModel], text: str | None) -> tuple[tupl
         units = ("character", "characters") if err["type"] == "string_too_short" else ("entry", "entries")
         return loc, f"{key}{at}: at least {least} {units[least != 1]}, not {_shown(err['input'])}"
     # Our own validators' messages, without pydantic's "Value error, " before them.
-    return loc, f"{key}{at}: {err['msg'].removeprefix('Value error, ').removeprefix('Assertion failed, ')}"
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    named = _KEY_PATH.match(msg) if not loc else None
+    if named:
+        # A check across settings (a model validator) has no key path of its own: its message begins with the
+        # one it is about ("watches.0.mask.missing: ..."), which then gets its line like any other.
+        loc = tuple(int(part) if part.isdigit() else part for part in named[1].split("."))
+        return loc, f"{named[1]}{_at(text, named[1])}{msg[named.end(1):]}"
+    return loc, f"{key}{at}: {msg}"
+
+
+# The key path a model validator's message begins with, before a colon: "watches.0.mask.missing: ...".
+_KEY_PATH = re.compile(r"((?:presets|watches|engine|service)(?:\.[\w-]+)+)(?=:)")
 
 
 def _shown(value: Any) -> str:

@@ -64,6 +64,11 @@ DEAD = "dead"  # transient errors or lost leases used up max_attempts
 STATES = (PENDING, LEASED, DONE, FAILED, DEAD)
 # How the error of a job put aside for another begins (Ledger.supersede, Ledger.rekey): see Job.put_aside.
 PUT_ASIDE = ("superseded by job", "put aside:")
+# What `status`, its JSON and the web view call a job put aside: in the ledger it is done (its photo may move
+# on), but it made nothing, so it is counted apart from the jobs that are done (Ledger.counts(superseded=True)).
+SUPERSEDED = "superseded"
+_PUT_ASIDE_SQL = ("(state = 'done' AND output_path IS NULL AND ("
+                  + " OR ".join(f"substr(error, 1, {len(p)}) = '{p}'" for p in PUT_ASIDE) + "))")
 
 
 class LedgerError(NstWatchError):
@@ -110,6 +115,11 @@ class Job:
     def put_aside(self) -> bool:
         """Done without running: superseded by another job of its photo and preset (`Ledger.supersede`, `rekey`)."""
         return self.state == DONE and self.output_path is None and (self.error or "").startswith(PUT_ASIDE)
+
+    @property
+    def shown_state(self) -> str:
+        """The state as `status` and the web view show it: SUPERSEDED for a job put aside, else its state."""
+        return SUPERSEDED if self.put_aside else self.state
 
 
 @dataclass
@@ -918,11 +928,36 @@ class Ledger:
             conn.execute("UPDATE jobs SET source_path = ?, updated_at = ? WHERE id = ?",
                          (_path_in(source_path), self._clock(), int(job_id)))
 
-    def relocate_mask(self, mask_sha256: str, watch: str, mask_path: str | os.PathLike) -> None:
-        """Record that the mask of this content, in this watch, now lives at `mask_path` (moved back)."""
+    def relocate_mask(self, job_id: int, mask_path: str | os.PathLike) -> None:
+        """Record that a job's mask now lives at `mask_path` (dropped again beside its photo)."""
         with self._write() as conn:
-            conn.execute("UPDATE jobs SET mask_path = ?, updated_at = ? WHERE mask_sha256 = ? AND watch = ?",
-                         (_path_in(mask_path), self._clock(), mask_sha256, watch))
+            conn.execute("UPDATE jobs SET mask_path = ?, updated_at = ? WHERE id = ?",
+                         (_path_in(mask_path), self._clock(), int(job_id)))
+
+    def follow(self, sha256: str, watch: str, old_path: str | os.PathLike, new_path: str | os.PathLike) -> None:
+        """The file of this content at `old_path` is at `new_path` now: its jobs (or its mask's) point there."""
+        with self._write() as conn:
+            self._follow(conn, sha256, watch, _path_in(old_path), _path_in(new_path), self._clock())
+
+    @staticmethod
+    def _follow(conn: sqlite3.Connection, sha256: str, watch: str, old, new, now: float) -> None:
+        """Jobs follow the one file that moved, in the caller's transaction.
+
+        A photo's jobs are those whose source it is: two copies of one photo,
+        each with its own mask, are two jobs of two files, and each keeps
+        its own (Ledger.add: the mask is part of the identity). A name that
+        no job names (a second name for the same content, taken while its
+        jobs ran) moves the maskless jobs of its content along, as it always
+        has. A mask's jobs are those that name that file and use its bytes.
+        """
+        own = "sha256 = ? AND watch = ? AND source_path = ?"
+        if conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {own}", (sha256, watch, old)).fetchone()[0]:
+            conn.execute(f"UPDATE jobs SET source_path = ?, updated_at = ? WHERE {own}", (new, now, sha256, watch, old))
+        else:
+            conn.execute("UPDATE jobs SET source_path = ?, updated_at = ? WHERE sha256 = ? AND watch = ? "
+                         "AND mask_sha256 = ?", (new, now, sha256, watch, NO_MASK))
+        conn.execute("UPDATE jobs SET mask_path = ?, updated_at = ? WHERE mask_sha256 = ? AND watch = ? "
+                     "AND mask_path = ?", (new, now, sha256, watch, old))
 
     # --- originals on the move ----------------------------------------------------------
     # The steps of nst_watch.service.publish.move_original, each one short
@@ -976,11 +1011,8 @@ class Ledger:
             if row is None:
                 raise LedgerError(f"{self.path}: move {move_id} is not in the ledger")
             dest = _path_in(dest_path)
-            conn.execute("UPDATE jobs SET source_path = ?, updated_at = ? WHERE sha256 = ? AND watch = ?",
-                         (dest, now, row[0], row[1]))
-            # A mask on the move: the jobs that use it find it at its new place.
-            conn.execute("UPDATE jobs SET mask_path = ?, updated_at = ? WHERE mask_sha256 = ? AND watch = ?",
-                         (dest, now, row[0], row[1]))
+            source = conn.execute("SELECT source_path FROM moves WHERE id = ?", (int(move_id),)).fetchone()[0]
+            self._follow(conn, row[0], row[1], source, dest, now)
             conn.execute("UPDATE moves SET dest_path = ?, placed = 1, updated_at = ? WHERE id = ?",
                          (dest, now, int(move_id)))
 
@@ -1026,10 +1058,17 @@ class Ledger:
         """Every job whose mask has this content, oldest first."""
         return self._select(self._conn(), "mask_sha256 = ?", (mask_sha256,), "ORDER BY id")
 
-    def counts(self) -> dict[str, int]:
-        """Jobs per state, every state present (zeros included)."""
+    def counts(self, *, superseded: bool = False) -> dict[str, int]:
+        """Jobs per state, every state present (zeros included).
+
+        With `superseded`, the jobs put aside for another (Job.put_aside) are
+        counted under SUPERSEDED, not under done: they made no output.
+        """
         counts = dict.fromkeys(STATES, 0)
-        for state, count in self._conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+        label = f"CASE WHEN {_PUT_ASIDE_SQL} THEN '{SUPERSEDED}' ELSE state END" if superseded else "state"
+        if superseded:
+            counts[SUPERSEDED] = 0
+        for state, count in self._conn().execute(f"SELECT {label} AS label, COUNT(*) FROM jobs GROUP BY label"):
             counts[state] = count
         return counts
 

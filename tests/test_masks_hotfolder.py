@@ -137,6 +137,10 @@ def test_a_mask_without_a_photo_waits_and_says_so_once(tmp_path):
         assert daemon.stop() == 0
     [job] = studio.jobs()
     assert Path(job.source_path).name == "lonely.jpg" and Path(job.mask_path).name == "lonely.mask.png"
+    # The README names the list by the words `status` shows and by the key `status --json` gives it.
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert 'A mask without a photo waits for one, listed under "not taken" in `status` (`"skipped"` in ' \
+           '`status --json`)' in readme
 
 
 # --- a photo whose preset needs a mask -------------------------------------------------------------------------
@@ -179,6 +183,33 @@ def test_missing_run_needs_styles_for_photos_without_a_mask(tmp_path):
     result = nst("validate", "-c", studio.config)
     assert result.returncode == 78
     assert "watches.0.mask.missing" in result.stderr and "give the preset styles" in result.stderr, result.stderr
+    # Named by its key path and line, as every other mistake is (not "(top level)").
+    line = studio.config.read_text().splitlines().index("    missing: run") + 1
+    assert f"watches.0.mask.missing (line {line}): run (watch 'inbox')" in result.stderr, result.stderr
+    assert "top level" not in result.stderr
+
+
+@pytest.mark.parametrize("styles", [True, False])
+def test_a_photo_failed_without_its_mask_is_told_only_what_would_work(tmp_path, styles):
+    from types import SimpleNamespace
+
+    from nst_watch.config import load_config
+    from nst_watch.service.worker import no_mask_reason
+
+    studio = Studio(tmp_path, presets=("a",))
+    with_regions(studio, styles=styles)
+    config = load_config(studio.config)
+    job = SimpleNamespace(source_path=str(studio.inbox / "shot.jpg"), preset="a")
+    reason = no_mask_reason(job, config.presets["a"], config.watches[0])
+    assert "put its mask beside it as shot.mask.png" in reason, reason
+    if styles:
+        assert "or set mask.missing: run in watch 'inbox'" in reason, reason
+    else:  # mask.missing: run alone would be refused by validation: the preset needs styles first
+        assert "or set mask.missing: run" not in reason, reason
+        assert "give preset 'a' styles of its own" in reason and "then set mask.missing: run" in reason, reason
+        studio.watches[0]["mask"]["missing"] = "run"
+        studio.write_config()
+        assert nst("validate", "-c", studio.config).returncode == 78
 
 
 # --- the ledger --------------------------------------------------------------------------------------------------
@@ -310,6 +341,12 @@ def test_a_mask_that_comes_while_its_photo_waits_is_used(tmp_path):
     [output] = [p for p in studio.outputs() if p.suffix == ".jpg"]
     sidecar = json.loads(output.with_name(output.name + ".json").read_text())
     assert sidecar["mask"]["sha256"] == used.mask_sha256
+    # One output: one job done, the one put aside counted apart (status, its JSON and the web view's).
+    snap = status(studio)
+    assert snap["counts"]["done"] == 1 and snap["counts"]["superseded"] == 1, snap["counts"]
+    assert {j["id"]: j["state"] for j in snap["recent"]} == {waited.id: "superseded", used.id: "done"}
+    table = nst("status", "-c", studio.config).stdout
+    assert "superseded" in table, table
 
 
 def test_submit_takes_a_mask_and_checks_it_first(tmp_path):
@@ -407,3 +444,77 @@ def test_the_web_page_shows_the_mask_between_before_and_after(tmp_path):
             browser.close()
     assert order == "before mask after" and [c.lower() for c in captions] == ["before", "mask", "after"]
     assert errors == [], errors
+
+
+# --- one photo, several copies, each with its own mask ---------------------------------------------------------
+
+
+def copies_with_masks(tmp_path, seed: int, **masks) -> tuple[Studio, dict[str, str]]:
+    """Copies of one photo dropped as {name}.jpg, each with its mask {name}.mask.png painted (left, right);
+    preset a names regions. Returns the studio and {name: the SHA-256 of its mask}."""
+    studio = Studio(tmp_path, presets=("a",))
+    with_regions(studio)
+    staging = tmp_path / "staging"
+    original = photo(staging / "original.jpg", seed=seed).read_bytes()
+    shas, files = {}, []
+    for name, (left, right) in masks.items():
+        (staging / f"{name}.jpg").write_bytes(original)
+        mask = paint(staging / f"{name}.mask.png", left=left, right=right)
+        shas[name] = sha(mask)
+        files += [staging / f"{name}.jpg", mask]
+    drop(studio, *files)
+    return studio, shas
+
+
+def test_copies_of_one_photo_with_their_own_masks_are_their_own_jobs(tmp_path):
+    studio, shas = copies_with_masks(tmp_path, seed=11, top=(WHITE, BLACK), left=(BLACK, WHITE))
+    daemon = studio.start().wait_ready()
+    try:
+        wait_until(lambda: studio.counts()["done"] == 2, what="both pairs done")
+        wait_until(lambda: len(list(studio.processed.glob("*"))) == 4 if studio.processed.exists() else False,
+                   what="photos and masks moved")
+    finally:
+        assert daemon.stop() == 0
+    assert "put aside" not in daemon.log, daemon.log
+    assert sorted(p.name for p in studio.outputs()) == ["left-a.jpg", "top-a.jpg"]
+    assert sorted(p.name for p in studio.processed.iterdir()) == ["left.jpg", "left.mask.png", "top.jpg",
+                                                                  "top.mask.png"]
+    for name in ("top", "left"):  # each mask went with its own photo, under its own name
+        assert sha(studio.processed / f"{name}.mask.png") == shas[name]
+    jobs = {Path(j.source_path).name: j for j in studio.jobs()}
+    assert sorted(jobs) == ["left.jpg", "top.jpg"]
+    for name, job in jobs.items():
+        stem = Path(name).stem
+        assert not job.put_aside and job.mask_sha256 == shas[stem]
+        assert Path(job.mask_path) == studio.processed / f"{stem}.mask.png"
+        assert Path(job.output_path).name == f"{stem}-a.jpg"
+    table = nst("status", "-c", studio.config).stdout
+    assert "top.jpg + top.mask.png" in table and "left.jpg + left.mask.png" in table, table
+
+
+def test_a_copy_with_a_bad_mask_fails_only_that_photo(tmp_path):
+    # palace2's mask is painted red, a colour no region names.
+    studio, shas = copies_with_masks(tmp_path, seed=12, palace=(WHITE, BLACK), palace2=(RED, BLACK))
+    daemon = studio.start().wait_ready()
+    try:
+        wait_until(lambda: (studio.failed / "palace2.mask.png").exists(), what="the bad pair in failed/")
+        wait_until(lambda: (studio.processed / "palace.mask.png").exists(), what="the good pair in processed/")
+        assert sorted(p.name for p in studio.failed.iterdir()) == ["palace2.jpg", "palace2.jpg.error.txt",
+                                                                   "palace2.mask.png"]
+        assert sorted(p.name for p in studio.processed.iterdir()) == ["palace.jpg", "palace.mask.png"]
+        assert sha(studio.processed / "palace.mask.png") == shas["palace"]
+        assert sha(studio.failed / "palace2.mask.png") == shas["palace2"]
+        report = (studio.failed / "palace2.jpg.error.txt").read_text()
+        assert "#ff0000" in report and "palace.mask.png" not in report.replace("palace2.mask.png", ""), report
+        assert [p.name for p in studio.outputs()] == ["palace-a.jpg"]
+        # The good pair dropped again: already done; both go to processed/, side by side.
+        again = tmp_path / "again"
+        drop(studio, photo(again / "palace.jpg", seed=12), paint(again / "palace.mask.png"))
+        wait_until(lambda: not any(studio.inbox.iterdir()), what="the pair dropped again moved")
+    finally:
+        assert daemon.stop() == 0
+    assert sorted(p.name for p in studio.processed.iterdir()) == ["palace (1).jpg", "palace (1).mask.png",
+                                                                  "palace.jpg", "palace.mask.png"]
+    jobs = {Path(j.source_path).name: j for j in studio.jobs()}
+    assert jobs["palace.jpg"].state == "done" and jobs["palace2.jpg"].state == "failed"
+    assert "palace2.mask.png" in jobs["palace2.jpg"].error

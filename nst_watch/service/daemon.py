@@ -198,7 +198,7 @@ class Daemon:
             if self.web is not None:
                 self.web.stop()
             raise
-        line = status_line(self.ledger.counts(), len(self.config.watches) if self.role in ("run", "watch") else 0)
+        line = status_line(self.ledger.counts(superseded=True), len(self.config.watches) if self.role in ("run", "watch") else 0)
         self.notifier.ready(line)
         log.info("ready: %s%s", "Ray dispatcher, " if self.role == "ray" else "", line)
         self._live_state = "running"
@@ -259,7 +259,7 @@ class Daemon:
         data = {"state": self._live_state,
                 "watches": self.intake.info() if self.intake else [],
                 "worker": self.worker.activity.to_dict() if self.worker and self.role != "ray" else None,
-                "counts": self.ledger.counts(), "config": str(self.config_path)}
+                "counts": self.ledger.counts(superseded=True), "config": str(self.config_path)}
         if self.role == "ray" and self.worker is not None:
             data["workers"] = self.worker.activities()  # one per GPU lane
             data["cluster"] = self.worker.info()

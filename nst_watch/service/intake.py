@@ -691,6 +691,8 @@ class Intake:
             elif job.put_aside:
                 self.ledger.revive(job.id)  # put aside for another mask, and its own mask is back
                 self.ledger.relocate(job.id, path)
+                if mask is not None:
+                    self.ledger.relocate_mask(job.id, mask[0])
                 created_any = True
                 log.info("%s: job %d for preset %s%s, put aside before, queued again", path, job.id, name, with_mask)
             elif job.state == DONE:
@@ -699,6 +701,8 @@ class Intake:
             elif job.state in (FAILED, DEAD):
                 self.ledger.retry([job.id])
                 self.ledger.relocate(job.id, path)
+                if mask is not None:
+                    self.ledger.relocate_mask(job.id, mask[0])  # the pair dropped again: its mask is here now
                 if "wait" in extra and watch.mask.wait_seconds:
                     self.ledger.postpone([job.id], watch.mask.wait_seconds, extra["wait"][1])
                 created_any = True
@@ -707,17 +711,21 @@ class Intake:
             else:
                 log.info("%s: already queued for preset %s%s (job %d)", path, name, with_mask, job.id)
             if mask is not None:
-                self._put_aside(state, job, mask[0])
+                self._put_aside(state, job, path, mask[0])
         if presets and not created_any:
             finish_original(self.ledger, watch, sha, path, config_path=self.config.path)
 
-    def _put_aside(self, state: _WatchState, job, mask: Path) -> None:
-        """The photo's jobs for the same preset with another mask (or none) that have not run: superseded by `job`.
+    def _put_aside(self, state: _WatchState, job, photo: Path, mask: Path) -> None:
+        """The jobs of the photo file at `photo` for the same preset with another mask (or none) that have not run:
+        superseded by `job`.
 
-        A job that runs finishes as it began; one that is done keeps its output.
+        Only that file's own jobs: a copy of the same photo under another
+        name, with a mask of its own, is another pair and keeps its job. A job
+        that runs finishes as it began; one that is done keeps its output.
         """
         others = [j.id for j in self.ledger.jobs_for(job.sha256)
                   if j.watch == state.watch.name and j.preset == job.preset and j.id != job.id
+                  and Path(j.source_path) == photo
                   and j.mask_sha256 != job.mask_sha256 and j.state in (PENDING, FAILED, DEAD)]
         count = self.ledger.supersede(others, f"superseded by job {job.id}, for the photo's mask {mask.name}")
         if count:

@@ -55,9 +55,35 @@ def finish_original(ledger: Ledger, watch: Watch, sha256: str, path: Path, *,
     return _move(ledger, watch, sha256, path, *target, config_path=config_path)
 
 
+def _jobs_of(ledger: Ledger, watch: Watch, sha256: str, *paths: Path) -> list[Job]:
+    """The jobs (in this watch) that decide the fate of the photo file of content `sha256` at one of `paths`.
+
+    The jobs whose source it is; else, for a second name of the content
+    (taken while its jobs ran, or dropped again), the jobs of its pair: those
+    with the mask beside it by name (or those without a mask when it has
+    none); else every job of the content. So two copies of one photo, each
+    with its own mask, are judged each by its own jobs: a bad mask fails its
+    own photo only.
+    """
+    jobs = [j for j in ledger.jobs_for(sha256) if j.watch == watch.name]
+    own = [j for j in jobs if Path(j.source_path) in paths]
+    if own:
+        return own
+    masks = set()
+    names = MaskNames(watch.mask.names)
+    for path in paths:
+        for candidate in names.candidates(path):
+            try:
+                masks.add(file_sha256(candidate))
+            except OSError:
+                continue
+    paired = [j for j in jobs if (j.mask_sha256 in masks if masks else j.mask_sha256 is None)]
+    return paired or jobs
+
+
 def _target(ledger: Ledger, watch: Watch, sha256: str, path: Path) -> tuple[Path, str] | None:
     """(folder, name) where the photo (or mask) at `path` goes now, or None if it stays."""
-    jobs = [j for j in ledger.jobs_for(sha256) if j.watch == watch.name]
+    jobs = _jobs_of(ledger, watch, sha256, path)
     if not jobs:
         return _mask_target(ledger, watch, sha256, path)
     if any(j.state in (PENDING, LEASED) for j in jobs):
@@ -75,35 +101,55 @@ def _target(ledger: Ledger, watch: Watch, sha256: str, path: Path) -> tuple[Path
     return watch.failed, _relative_name(watch, path)
 
 
-def _mask_target(ledger: Ledger, watch: Watch, sha256: str, path: Path) -> tuple[Path, str] | None:
+def _mask_target(ledger: Ledger, watch: Watch, sha256: str, path: Path,
+                 photo: Path | None = None) -> tuple[Path, str] | None:
     """(folder, name) beside its photo for the mask at `path`, once every job that uses it is finished and
     the photo has moved (to processed/ or failed/, or back to the inbox); None while it stays.
 
+    Its photo is `photo` (the photo that just moved), else the latest
+    photo of the mask's stem whose jobs used it. It stays while another
+    photo of its stem beside it still uses it (a RAW+JPEG pair shares one).
     The name follows the photo's: a photo that took a free name
     ("IMG_1 (1).jpg") takes its mask along as "IMG_1 (1).mask.png".
     """
     jobs = [j for j in ledger.jobs_with_mask(sha256) if j.watch == watch.name]
     if not jobs or any(j.state in (PENDING, LEASED) for j in jobs) or not path.exists():
         return None
-    photo = Path(jobs[-1].source_path)
+    names = MaskNames(watch.mask.names)
+    stem = names.stem_of(path.name)
+    sources = [Path(j.source_path) for j in jobs]
+    if any(s.parent == path.parent and s.stem == stem and s != photo and s.exists() for s in sources):
+        return None
+    if photo is None:
+        mine = [s for s in sources if s.stem == stem] or sources
+        photo = mine[-1]
     if photo.parent == path.parent or not photo.exists():
         return None
-    return photo.parent, MaskNames(watch.mask.names).renamed(path.name, photo.stem)
+    return photo.parent, names.renamed(path.name, photo.stem)
 
 
-def _masks_follow(ledger: Ledger, watch: Watch, sha256: str, old: Path, *, config_path: Path | None) -> None:
-    """The masks the photo's jobs used, left where the photo was, go where it went (the same protocol)."""
-    masks = {(Path(j.mask_path), j.mask_sha256) for j in ledger.jobs_for(sha256)
-             if j.watch == watch.name and j.mask_path and j.mask_sha256}
-    for mask, mask_sha in sorted(masks):
-        if mask.parent != old.parent:
-            continue
+def _masks_follow(ledger: Ledger, watch: Watch, sha256: str, old: Path, new: Path, *,
+                  config_path: Path | None) -> None:
+    """The photo's mask, left where the photo was, goes where it went (the same protocol), keeping its name.
+
+    Its mask is the one named after it beside it (or the one its jobs
+    used, there), if it holds the bytes one of its jobs used: a mask
+    replaced since is a new mask, the intake's to judge.
+    """
+    jobs = _jobs_of(ledger, watch, sha256, new, old)
+    used = {j.mask_sha256 for j in jobs if j.mask_sha256}
+    if not used:
+        return
+    masks = set(MaskNames(watch.mask.names).candidates(old))
+    masks |= {Path(j.mask_path) for j in jobs if j.mask_path and Path(j.mask_path).parent == old.parent}
+    for mask in sorted(masks):
         try:
-            if file_sha256(mask) != mask_sha:
-                continue  # replaced since: a new mask, the intake's to judge
+            mask_sha = file_sha256(mask)
         except OSError:
             continue  # gone, or unreadable: nothing to take along
-        target = _mask_target(ledger, watch, mask_sha, mask)
+        if mask_sha not in used:
+            continue  # replaced since: a new mask, the intake's to judge
+        target = _mask_target(ledger, watch, mask_sha, mask, new)
         if target is not None:
             _move(ledger, watch, mask_sha, mask, *target, config_path=config_path)
 
@@ -135,7 +181,7 @@ def _move(ledger: Ledger, watch: Watch, sha256: str, path: Path, folder: Path, n
         return None
     if new is not None:
         log.info("%s -> %s", path, new)
-        _masks_follow(ledger, watch, sha256, path, config_path=config_path)
+        _masks_follow(ledger, watch, sha256, path, new, config_path=config_path)
     return new
 
 
@@ -145,7 +191,7 @@ def _placed(ledger: Ledger, watch: Watch, sha256: str, old: Path, new: Path, con
     if failed is None:
         return
     if new.is_relative_to(failed) and not old.is_relative_to(failed):
-        jobs = [j for j in ledger.jobs_for(sha256) if j.watch == watch.name]
+        jobs = _jobs_of(ledger, watch, sha256, new, old)  # its own: not those of a copy with another mask
         if any(j.state != DONE for j in jobs):
             _write_error_report(new, old, jobs, config_path)
     elif old.is_relative_to(failed):

@@ -310,10 +310,7 @@ def _back_to_source(ledger: Ledger, move: Move) -> None:
 
     The jobs of the photo, or, for a mask on the move, the jobs that use it.
     """
-    for job in ledger.jobs_for(move.sha256):
-        if job.watch == move.watch:
-            ledger.relocate(job.id, move.source_path)
-    ledger.relocate_mask(move.sha256, move.watch, move.source_path)
+    ledger.follow(move.sha256, move.watch, move.dest_path, move.source_path)
 
 
 def _settle(ledger: Ledger, move: Move, on_placed: Callable[[Path, Path], None] | None) -> Path | None:

@@ -249,7 +249,7 @@ def snapshot(state_dir: Path, ledger: Ledger, *, recent: int = RECENT, failures:
     return jsonable({
         "running": bool(processes),
         "state_dir": str(state_dir),
-        "counts": ledger.counts(),
+        "counts": ledger.counts(superseded=True),
         "cluster": clusters[0]["cluster"] if clusters else None,
         "processes": processes,
         "skipped": skipped,
@@ -311,7 +311,7 @@ def to_json(snap: dict) -> str:
 
 def _job_view(job) -> dict:
     return {
-        "id": job.id, "state": job.state, "preset": job.preset, "source": job.source_path,
+        "id": job.id, "state": job.shown_state, "preset": job.preset, "source": job.source_path,
         "mask": job.mask_path, "mask_sha256": job.mask_sha256,
         "output": job.output_path, "attempts": job.attempts, "error": job.error, "updated": job.updated_at,
     }
@@ -328,6 +328,7 @@ def status_line(counts: dict, watches: int, skipped: int = 0, cluster: dict | No
     """
     line = (f"{watches} watches, {counts.get('pending', 0)} pending, {counts.get('leased', 0)} running, "
             f"{counts.get('done', 0)} done, {counts.get('failed', 0) + counts.get('dead', 0)} failed")
+    line += f", {counts['superseded']} superseded" if counts.get("superseded") else ""
     line += f", {skipped} not taken" if skipped else ""
     for worker in (w for w in running or [] if w.get("jobs") and w.get("steps")):
         line += f"; job {', '.join(str(int(j)) for j in worker['jobs'])}: {step_progress(worker)}"
@@ -380,9 +381,10 @@ def render(snap: dict):
                           f"{printable(live_dir(Path(snap.get('state_dir', '.'))))}); "
                           f"jobs below are from the ledger.", style="bold yellow"))
     counts = Table(title="jobs", show_header=True)
-    for state in ("pending", "leased", "done", "failed", "dead"):
+    states = ("pending", "leased", "done", "superseded", "failed", "dead")
+    for state in states:
         counts.add_column(state, justify="right")
-    counts.add_row(*(str(snap["counts"].get(s, 0)) for s in ("pending", "leased", "done", "failed", "dead")))
+    counts.add_row(*(str(snap["counts"].get(s, 0)) for s in states))
     parts.append(counts)
     cluster = snap.get("cluster")
     if isinstance(cluster, dict):

@@ -367,12 +367,14 @@ class Worker:
             self._finished(job)
 
     def _put_aside_for_newer(self, job: Job, why: str) -> bool:
-        """Supersede `job` when a newer job of its photo and preset has another mask; True if it was put aside.
+        """Supersede `job` when a newer job of its photo file and preset has another mask; True if it was put aside.
 
-        Its photo's fate is then the newer job's.
+        Its photo's fate is then the newer job's. A copy of the photo under
+        another name, with its own mask, is another pair: never a newer job of this one.
         """
         newer = [j.id for j in self.ledger.jobs_for(job.sha256)
                  if j.watch == job.watch and j.preset == job.preset and j.id > job.id
+                 and j.source_path == job.source_path
                  and j.mask_sha256 is not None and j.mask_sha256 != job.mask_sha256]
         if not newer:
             return False
@@ -612,10 +614,14 @@ def no_mask_reason(job: Job, preset: Preset, watch: Watch | None) -> str:
                 "submit the photo again with --mask FILE")
     names = MaskNames(watch.mask.names).candidates(Path(job.source_path))
     also = f" (or {', '.join(n.name for n in names[1:])})" if names[1:] else ""
+    # mask.missing: run is only valid for a preset with styles of its own (config.Config._watches_fit).
+    run = (f"set mask.missing: run in watch {watch.name!r} to stylise such photos with the preset's own styles"
+           if preset.styles else
+           f"give preset {preset.name!r} styles of its own (`styles:`, for photos without a mask), then set "
+           f"mask.missing: run in watch {watch.name!r}")
     return (f"{job.source_path}: no mask came within {watch.mask.wait_seconds:g} s, and preset {preset.name!r} names "
             f"regions, so it needs one (mask.missing: fail). Fix: put its mask beside it as {names[0].name}{also} "
-            f"and move both into {watch.input}; or set mask.missing: run in watch {watch.name!r} to stylise such "
-            "photos with the preset's own styles")
+            f"and move both into {watch.input}; or {run}")
 
 
 def _forget(path: Path) -> None:
