@@ -89,6 +89,12 @@ def ray_tmp():
     socket's path.
     """
     path = Path(tempfile.mkdtemp(prefix="nst-ray-"))
+    # ray.cluster_utils.Cluster writes its address to <Ray's default temp dir>/ray_current_cluster
+    # whatever temp_dir it is given, and creates no folder for it (Ray 2.60): on a machine where no
+    # Ray ran before (a fresh CI box, or after /tmp was cleaned) the first head failed to start.
+    from ray._common.utils import get_default_ray_temp_dir
+
+    Path(get_default_ray_temp_dir()).mkdir(parents=True, exist_ok=True)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
