@@ -388,6 +388,9 @@ def test_a_masked_photo_on_the_ray_cluster_is_the_picture_a_local_worker_makes(t
     png = {"output": {"format": "png"}}
     pictures = []
     sessions = Path(tempfile.mkdtemp(prefix="nst-ray-"))  # short: Ray's socket paths must stay under 107 bytes
+    # ray.init sets RAY_AUTH_MODE=token (and more) in this process's environment and leaves it after
+    # shutdown: the Ray tests run next on this worker (xdist group "ray") would inherit it.
+    saved = dict(os.environ)
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING",
              _temp_dir=str(sessions))
     try:
@@ -410,6 +413,8 @@ def test_a_masked_photo_on_the_ray_cluster_is_the_picture_a_local_worker_makes(t
                 pictures.append(np.asarray(image))
     finally:
         ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
         shutil.rmtree(sessions, ignore_errors=True)
     assert pictures[0].shape == (27, 32, 3)
     assert np.array_equal(pictures[0], pictures[1])
