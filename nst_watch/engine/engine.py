@@ -305,7 +305,8 @@ class Engine:
             content = resize(content.to(self.device, self.dtype)[None], tuple(image.shape[-2:]))
             extractor = self._extractor(preset, self.features)
             objective = self._objective(extractor, content, preset, styles, max(image.shape[-2:]),
-                                        self._guide(mask, tuple(image.shape[-2:]), preset))
+                                        self._guide(None if mask is None else mask[None], tuple(image.shape[-2:]),
+                                                    preset))
             x = color.luminance(image) if preset.color == "luminance" else image
             terms = objective.terms(x)
             values.append(tuple(float(t) for t in terms[:, 0]))
@@ -328,7 +329,8 @@ class Engine:
         content = resize(content.to(self.device, self.dtype)[None], tuple(image.shape[-2:]))
         extractor = self._extractor(preset, self.features)
         edge = max(image.shape[-2:])
-        guide = self._guide(self._checked_masks([mask], [image[0]], preset)[0], tuple(image.shape[-2:]), preset)
+        mask = self._checked_masks([mask], [image[0]], preset)[0]
+        guide = self._guide(None if mask is None else mask[None], tuple(image.shape[-2:]), preset)
         if tile is None:
             objective = self._objective(extractor, content, preset, styles, edge, guide)
         else:
@@ -439,13 +441,13 @@ class Engine:
                 raise ValueError(f"mask {i} must be [{regions}, H, W] (regions: {names}), got {tuple(mask.shape)}")
         return masks
 
-    def _guide(self, mask: torch.Tensor | None, hw: tuple[int, int], preset: Preset
+    def _guide(self, weights: torch.Tensor | None, hw: tuple[int, int], preset: Preset
                ) -> dict[str, torch.Tensor] | None:
-        """One mask [R, h, w] at each style layer's resolution of an image of `hw` px, [1, R, H_l, W_l]."""
-        if mask is None:
+        """Region weights [N, R, h, w] at `hw` px and at each style layer's resolution (guidance.at_layers)."""
+        if weights is None:
             return None
-        weights = guidance.resize_weights(mask.to(self.device, self.dtype)[None], hw)
-        return guidance.at_layers(weights, preset.style_layers)
+        return guidance.at_layers(guidance.resize_weights(weights.to(self.device, self.dtype), hw),
+                                  preset.style_layers)
 
     @staticmethod
     def _check_regions(masks: torch.Tensor, preset: Preset, final_hw: tuple[int, int]) -> None:
@@ -521,8 +523,7 @@ class Engine:
                 image, steps = resume.image.to(self.device, self.dtype)[None], max(0, steps - resume.iteration)
                 clock.ran = resume.ran
             content = resize(batch, hw)
-            guide = None if masks is None else guidance.at_layers(guidance.resize_weights(masks, hw),
-                                                                  preset.style_layers)
+            guide = self._guide(masks, hw, preset)
 
             t0 = time.perf_counter()
             tile = self._tile_for(hw, preset, steps, masks is not None) if len(batch) == 1 else None
@@ -694,9 +695,10 @@ class Engine:
             return {name: StyleLoss(grams[name], preset.style_weight * weights[name])
                     for name in preset.style_layers}
         n = len(content)
-        photo = own() if any(group is None for group in guidance.region_styles(preset, styles)) else None
+        groups = guidance.region_styles(preset, styles)
+        photo = own() if any(group is None for group in groups) else None
         per_region = []
-        for r, group in enumerate(guidance.region_styles(preset, styles)):
+        for r, group in enumerate(groups):
             if group is None:
                 per_region.append({name: photo[name][:, r] for name in preset.style_layers})
             else:
