@@ -212,10 +212,13 @@ def _preset_overrides(ctx: click.Context, values: dict) -> dict:
               show_default="80% of free GPU memory, or half the available RAM")
 @click.option("--batch", default=4, show_default=True, help="Photos optimised together (same output size only).")
 @click.option("--json", "as_json", is_flag=True, help="Print one record per photo as JSON on stdout.")
+@click.option("--proof", type=click.IntRange(min=16), metavar="PX",
+              help="Proof: render at this long edge into OUT-DIR/proofs (a daemon's `submit --proof` keeps what "
+              "a final needs; see `render`).")
 @_preset_options
 @click.pass_context
 def stylize(ctx, contents, config_path, preset_name, styles, masks, output, out_dir, template, overwrite, weights,
-            device, precision, max_memory, batch, as_json, **settings):
+            device, precision, max_memory, batch, as_json, proof, **settings):
     """Stylise CONTENT photos with a preset or with --style images.
 
     Preset settings below override the preset's (or, with --style, the
@@ -233,6 +236,10 @@ def stylize(ctx, contents, config_path, preset_name, styles, masks, output, out_
         raise click.UsageError("-o/--output takes one photo; use --out-dir for several")
     if output and out_dir:
         raise click.UsageError("give -o/--output or --out-dir, not both")
+    if proof and output:
+        raise click.UsageError("--proof writes into OUT-DIR/proofs: give --out-dir (or neither), not -o/--output")
+    if proof and ctx.get_parameter_source("size") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--proof PX is the size of the proofs: give --proof or --size, not both")
     if output and not output.parent.is_dir():
         raise click.BadParameter(f"the folder {output.parent} does not exist", param_hint="-o/--output")
     from .photo import validate_template
@@ -244,6 +251,10 @@ def stylize(ctx, contents, config_path, preset_name, styles, masks, output, out_
 
     config = load_config(config_path) if config_path else Config()
     overrides = _preset_overrides(ctx, settings)
+    if proof:
+        overrides["size"] = proof
+        out_dir = (out_dir or Path.cwd()) / "proofs"
+        out_dir.mkdir(parents=True, exist_ok=True)
     if preset_name:
         preset = with_overrides(config.preset(preset_name), **overrides)
     else:
@@ -456,9 +467,15 @@ def status(config_path: Path, as_json: bool, recent: int) -> None:
               help="The photo's mask: a painted image saying where each style goes (one per FILE, in order).")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("."), show_default=True,
               help="Where the results go.")
+@click.option("--proof", type=click.IntRange(min=16), metavar="PX",
+              help="Proofs at this long edge into OUT-DIR/proofs; `render JOB_ID` then makes the keepers' finals.")
 @click.option("--json", "as_json", is_flag=True)
-def submit(config_path: Path, files, presets, masks, out_dir: Path, as_json: bool) -> None:
+def submit(config_path: Path, files, presets, masks, out_dir: Path, proof: int | None, as_json: bool) -> None:
     """Queue FILES for a running daemon (from Lightroom, a script, ...). Originals (and masks) are never moved.
+
+    With --proof PX each photo x preset is proofed at PX into OUT-DIR/proofs
+    (a preset no larger renders at once); `nst-watch render JOB_ID` renders
+    the keepers' finals into OUT-DIR, starting from their proofs.
 
     A mask (--mask, one per FILE) is checked against each preset before
     anything is queued: readable, the photo's aspect ratio, only colours the
@@ -467,6 +484,7 @@ def submit(config_path: Path, files, presets, masks, out_dir: Path, as_json: boo
     """
     from .photo.decode import sniff
     from .service.identity import file_sha256, preset_hash, size_bucket
+    from .service.proofs import sized
 
     config = load_config(config_path)
     chosen = {name: config.preset(name) for name in presets}
@@ -503,15 +521,21 @@ def submit(config_path: Path, files, presets, masks, out_dir: Path, as_json: boo
                 if problem is not None:
                     refuse(path, problem, preset=name)
                     continue
-                result = ledger.add(sha256=sha, preset=name, preset_hash=preset_hash(preset), source_path=path,
-                                    output_dir=out_dir.resolve(), bucket=size_bucket(path, preset.size),
-                                    mask_path=mask, mask_sha256=mask_sha)
+                rendering = {"preset_hash": preset_hash(preset), "output_dir": out_dir.resolve(),
+                             "bucket": size_bucket(path, preset.size)}
+                if proof is not None and (preset.size == "full" or preset.size > proof):
+                    rendering = {"preset_hash": preset_hash(sized(preset, proof)),
+                                 "output_dir": out_dir.resolve() / "proofs", "bucket": size_bucket(path, proof),
+                                 "size": proof, "proof": proof}
+                result = ledger.add(sha256=sha, preset=name, source_path=path, mask_path=mask, mask_sha256=mask_sha,
+                                    **rendering)
                 job = result.job
                 records.append({"file": str(path), "preset": name, "mask": str(mask) if mask else None,
-                                "job": job.id, "created": result.created, "state": job.state,
+                                "job": job.id, "created": result.created, "state": job.state, "role": job.role,
                                 "output": job.output_path})
                 if not as_json:
-                    word = "queued" if result.created else f"already {job.state}"
+                    word = ("queued" + (f" as a {proof} px proof" if job.proof else "") if result.created
+                            else f"already {job.state}")
                     with_mask = f" with mask {mask.name}" if mask else ""
                     click.echo(f"{path} [{name}]{with_mask}: {word} (job {job.id})")
     if as_json:
@@ -546,6 +570,48 @@ def _submit_mask_problem(photo: Path, mask: Path | None, preset, max_pixels: int
     except (OSError, ValueError, AttributeError) as exc:
         return f"{photo}: cannot be read to check its mask {mask}: {exc}"
     return None
+
+
+@main.command()
+@_config_option
+@click.argument("job_ids", nargs=-1, type=int, required=True)
+@click.option("--size", "size", metavar="full|PX", help="The finals' long edge.",
+              show_default="the preset's own size")
+@click.option("--json", "as_json", is_flag=True, help="One record per JOB_ID as JSON on stdout.")
+def render(config_path: Path, job_ids, size: str | None, as_json: bool) -> None:
+    """Render the finals of proofs JOB_ID... (see `status`: role proof) for a running daemon.
+
+    Each final starts from its proof's result at the proof's size and only
+    refines above it, so it looks like the proof. Asking again gives the same
+    job (a failed one is queued again). Exit 1 when a JOB_ID is no done proof.
+    """
+    from .service.proofs import FinalError, parse_size, request_final
+
+    try:
+        wanted = parse_size(size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--size") from None
+    config = load_config(config_path)
+    records, bad = [], 0
+    with _ledger(config) as ledger:
+        for job_id in job_ids:
+            try:
+                result = request_final(config, ledger, job_id, wanted)
+            except FinalError as exc:
+                log.error("%s", exc)
+                records.append({"proof": job_id, "error": str(exc)})
+                bad += 1
+                continue
+            job = result.job
+            records.append({"proof": job_id, "job": job.id, "created": result.created, "state": job.state,
+                            "size": job.size, "output_dir": job.output_dir})
+            if not as_json:
+                word = "queued" if result.created else f"already {job.shown_state}"
+                click.echo(f"proof {job_id}: final {word} (job {job.id}) -> {job.output_dir}")
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+    if bad:
+        sys.exit(EXIT_FAILURE)
 
 
 @main.command()

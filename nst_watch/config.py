@@ -282,9 +282,13 @@ class Preset(_Strict):
         """The output long edge, in pixels, for a photo of height x width (`size`, or the photo's own for full)."""
         return max(height, width) if self.size == "full" else self.size
 
-    def fingerprint(self) -> str:
-        """Hash of everything that changes the output pixels, except the style images' bytes."""
-        data = self.model_dump(mode="json", exclude={"name", "output"})
+    def fingerprint(self, *, size: bool = True) -> str:
+        """Hash of everything that changes the output pixels, except the style images' bytes.
+
+        With size=False, the look without its size: a proof and its final
+        share it (nst_watch.engine.FromProof).
+        """
+        data = self.model_dump(mode="json", exclude={"name", "output"} | (set() if size else {"size"}))
         data["styles"] = [{"weight": s["weight"]} for s in data["styles"] or []]
         if data.get("regions") is None:
             del data["regions"]  # a preset without regions hashes as it always has
@@ -424,6 +428,12 @@ class Watch(_Strict):
     collision: Literal["suffix", "skip", "overwrite"] = "suffix"
     format: Literal["jpeg", "png", "webp", "tiff"] | None = Field(None, description="overrides the preset's")
     mask: MaskSettings = MaskSettings()
+    proof: Annotated[int, Field(ge=16), PIXELS] | None = Field(
+        None, description="proof every photo at this long edge (px) into `proofs`; finals only for the keepers "
+        "(README \"Proofs, then finals\"); null: finals at once")
+    proofs: Path | None = Field(None, description="folder for the proofs (default: OUTPUT/proofs)")
+    finals: Path | None = Field(
+        None, description="drop a proof (or its original) here to render its final (default: PROOFS/finals)")
 
     @field_validator("processed")
     @classmethod
@@ -454,6 +464,18 @@ class Watch(_Strict):
 
     def walks_subfolders(self) -> bool:
         return self.recursive or self.route == "subfolders"
+
+    @property
+    def proofs_dir(self) -> Path:
+        """Where proofs go: `proofs`, or OUTPUT/proofs."""
+        return self.proofs if self.proofs is not None else self.output / "proofs"
+
+    @property
+    def finals_dir(self) -> Path | None:
+        """The drop folder that asks for finals (`finals`, or PROOFS/finals); None for a watch without proofs."""
+        if self.proof is None:
+            return None
+        return self.finals if self.finals is not None else self.proofs_dir / "finals"
 
 
 DEFAULT_HTTP = "127.0.0.1:8765"  # the web view's address when --http is given without one
@@ -510,6 +532,9 @@ class ServiceSettings(_Strict):
     http: str | None = Field(None, description=f"HOST:PORT of the web view, e.g. {DEFAULT_HTTP}; null = off")
     http_token: SecretStr | None = Field(
         None, description="every web view request must carry it; required to listen beyond 127.0.0.1")
+    proof_state: Annotated[ByteSize, Says("a size (e.g. 2GB, 500MB)")] = Field(
+        ByteSize(2 * 10**9), description="most disk the proofs' kept images take in state_dir/proofs; the least "
+        "recently used are dropped beyond it (their finals then render from scratch)")
 
     @field_validator("http")
     @classmethod
@@ -1020,12 +1045,21 @@ def _resolve_watch(watch: Watch, index: int, base: Path, *, text: str | None, pr
     folders = {"input": _absolute(watch.input, base), "output": _absolute(watch.output, base)}
     if watch.failed is not None:
         folders["failed"] = _absolute(watch.failed, base)
+    for key in ("proofs", "finals"):
+        if getattr(watch, key) is not None:
+            folders[key] = _absolute(getattr(watch, key), base)
     processed = watch.processed
     if watch.processed_dir is not None:
         moved = _absolute(watch.processed_dir, base)
         folders["processed"] = moved
         processed = f"move:{moved}"
     inbox = folders["input"]
+    resolved = watch.model_copy(update=folders)
+    if resolved.finals_dir is not None and resolved.finals_dir in (resolved.proofs_dir, folders["output"]):
+        problems.append(
+            f"watches.{index}.finals{_at(text, f'watches.{index}.finals')}: {resolved.finals_dir} is where the "
+            f"{'proofs' if resolved.finals_dir == resolved.proofs_dir else 'finals'} are written; every one would "
+            "ask for its own final. Give finals a folder of its own (default: PROOFS/finals)")
     for key, folder in folders.items():
         if key != "input" and (folder == inbox or folder.is_relative_to(inbox)):
             problems.append(

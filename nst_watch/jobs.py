@@ -106,6 +106,9 @@ class Job:
     lost_leases: int  # how many attempts ended with the lease expiring (worker crashed or hung)
     mask_path: str | None = None  # the photo's mask (Gatys et al. 2017 spatial control), where it is now
     mask_sha256: str | None = None  # its bytes' hash, part of the job's identity; None: no mask
+    size: str | None = None  # the long edge it renders at when not its preset's ("512", "full"); None: the preset's
+    proof: int | None = None  # a proof: its long edge in px (its final is rendered on request); None: not a proof
+    proof_id: int | None = None  # a final rendered from that proof job (it starts from the proof's image)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of every column."""
@@ -115,6 +118,11 @@ class Job:
     def put_aside(self) -> bool:
         """Done without running: superseded by another job of its photo and preset (`Ledger.supersede`, `rekey`)."""
         return self.state == DONE and self.output_path is None and (self.error or "").startswith(PUT_ASIDE)
+
+    @property
+    def role(self) -> str:
+        """"proof", "final" (of a proof: proof_id) or "" for a job rendered at once."""
+        return "proof" if self.proof is not None else "final" if self.proof_id is not None else ""
 
     @property
     def shown_state(self) -> str:
@@ -336,7 +344,20 @@ _V2_JOB_COLUMNS = ("id", "sha256", "preset", "preset_hash", "source_path", "watc
                    "output_path", "created_at", "updated_at", "started_at", "finished_at", "priority",
                    "lost_leases")
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1, _schema_v2, _schema_v3]
+def _schema_v4(conn: sqlite3.Connection) -> None:
+    """Proofs and finals: a job's size override, its proof size when it is a proof, and the proof a final is of.
+
+    Plain ADD COLUMNs: a proof's identity differs from its final's by the
+    preset hash (the size is part of it), so the UNIQUE key stays.
+    """
+    conn.execute("ALTER TABLE jobs ADD COLUMN size TEXT")
+    conn.execute("ALTER TABLE jobs ADD COLUMN proof INTEGER")
+    conn.execute("ALTER TABLE jobs ADD COLUMN proof_id INTEGER REFERENCES jobs (id)")
+    conn.execute("CREATE INDEX jobs_proof ON jobs (proof_id)")
+    conn.execute("CREATE INDEX jobs_proofs ON jobs (watch, proof)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1, _schema_v2, _schema_v3, _schema_v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -551,6 +572,9 @@ class Ledger:
         mask_path: str | os.PathLike | None = None,
         mask_sha256: str | None = None,
         wait: tuple[float, str] | None = None,
+        size: int | str | None = None,
+        proof: int | None = None,
+        proof_id: int | None = None,
     ) -> AddResult:
         """Enqueue one (photo, preset) job, or return the existing one unchanged.
 
@@ -567,6 +591,10 @@ class Ledger:
         reason) a new job is pending but not claimable for that long, the
         reason as its error (status lists it as waiting: a photo waiting for
         its mask).
+
+        `size` renders the job at that long edge (px or "full") instead of
+        its preset's (`preset_hash` must be the sized preset's); `proof`
+        (px) marks a proof, `proof_id` a final rendered from that proof.
         """
         for name, value in (("sha256", sha256), ("preset", preset), ("preset_hash", preset_hash)):
             if not isinstance(value, str) or not value:
@@ -581,12 +609,12 @@ class Ledger:
             cursor = conn.execute(
                 """INSERT INTO jobs (sha256, preset, preset_hash, mask_sha256, source_path, mask_path, watch,
                                      output_dir, bucket, state, attempts, error, finished_at, max_attempts,
-                                     available_at, created_at, updated_at, priority)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                     available_at, created_at, updated_at, priority, size, proof, proof_id)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (sha256, preset, preset_hash, mask_sha256) DO NOTHING""",
                 (*key, _path_in(source_path), _path_in(mask_path), watch, _path_in(output_dir), bucket, state,
                  attempts, _text_in(note), None if error is None else now, self.max_attempts, now + delay, now, now,
-                 int(priority)),
+                 int(priority), None if size is None else str(size), proof, proof_id),
             )
             created = cursor.rowcount == 1
             (job,) = self._select(conn, "sha256 = ? AND preset = ? AND preset_hash = ? AND mask_sha256 = ?", key)
@@ -598,6 +626,13 @@ class Ledger:
                 elif delay:
                     self._event(conn, job, now, PENDING, 0, note)
         return AddResult(job, created)
+
+    def note(self, job_id: int, message: str) -> None:
+        """Add `message` to a job's history (status, the web view) without changing its state."""
+        with self._write() as conn:
+            row = conn.execute("SELECT state, attempts FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+            if row is not None:
+                self._event(conn, int(job_id), self._clock(), row[0], row[1], message)
 
     def postpone(self, job_ids: Iterable[int], delay: float, reason: str) -> int:
         """Pending jobs not claimable for `delay` seconds from now, `reason` as their error; returns how many."""
@@ -1057,6 +1092,19 @@ class Ledger:
     def jobs_with_mask(self, mask_sha256: str) -> list[Job]:
         """Every job whose mask has this content, oldest first."""
         return self._select(self._conn(), "mask_sha256 = ?", (mask_sha256,), "ORDER BY id")
+
+    def proofs(self, watch: str | None = None, limit: int = 5000) -> list[Job]:
+        """Proof jobs (of one watch, or all), oldest first."""
+        if watch is None:
+            return self._select(self._conn(), "proof IS NOT NULL", (limit,), "ORDER BY id LIMIT ?")
+        return self._select(self._conn(), "proof IS NOT NULL AND watch = ?", (watch, limit), "ORDER BY id LIMIT ?")
+
+    def finals_of(self, proof_ids: Iterable[int]) -> list[Job]:
+        """Final jobs rendered from these proofs, oldest first."""
+        ids = list(proof_ids)
+        if not ids:
+            return []
+        return self._select(self._conn(), f"proof_id IN ({self._marks(ids)})", ids, "ORDER BY id")
 
     def counts(self, *, superseded: bool = False) -> dict[str, int]:
         """Jobs per state, every state present (zeros included).

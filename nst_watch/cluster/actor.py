@@ -51,17 +51,19 @@ class Stylist:
                 "node": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
     def stylize(self, contents: list[np.ndarray], preset: Preset, *styles,
-                masks: list[np.ndarray | None] | None = None) -> list[StylizeResult | EngineError] | None:
+                masks: list[np.ndarray | None] | None = None, resume: list | None = None
+                ) -> list[StylizeResult | EngineError] | None:
         """Stylise photos ([H, W, 3] float32 RGB in [0, 1]) with `preset` and its style images ([3, H, W] tensors).
 
         `masks`: one mask's region weights ([R, h, w] float32, see
-        nst_watch.photo.mask) or None per photo. Returns one StylizeResult or
+        nst_watch.photo.mask) or None per photo; `resume`: a final's proof (engine.FromProof) or None per
+        photo. Returns one StylizeResult or
         EngineError per photo, in order (darkroom.stylize_batch), or None
         when `cancel` abandoned the batch.
         """
         self._cancel.clear()
         self._latest = None
-        extra = {}
+        extra = {} if resume is None else {"resume": resume}
         if masks is not None and any(m is not None for m in masks):
             extra["masks"] = [None if m is None else torch.from_numpy(np.ascontiguousarray(m)) for m in masks]
         try:

@@ -44,6 +44,7 @@ from ray.exceptions import (ActorDiedError, GetTimeoutError, NodeDiedError, Obje
 
 from ..config import Config, EngineSettings, Preset
 from ..darkroom import Darkroom, to_pixels, to_tensor
+from ..engine import FromProof
 from ..engine.pyramid import output_size, resize
 from ..errors import NstWatchError
 from ..jobs import Ledger
@@ -272,7 +273,8 @@ class RemoteDarkroom(Darkroom):
     def stylize_photos(self, photos, preset: Preset, progress=None, resume=None, masks=None) -> list:
         """Darkroom.stylize_photos on the actor. EngineLost when the actor dies; Cancelled from `progress`.
 
-        `resume` is not carried to the actor: a photo kept from a local engine's interrupted run starts afresh.
+        Of `resume`, a final's proof (FromProof) is carried to the actor; a photo kept from a local engine's
+        interrupted run starts afresh.
         Each mask (nst_watch.photo.mask.Mask, or None) travels with its photo as region weights at the
         photo's output size.
         """
@@ -282,6 +284,8 @@ class RemoteDarkroom(Darkroom):
         if masks is not None and any(m is not None for m in masks):
             extra["masks"] = [None if m is None else _mask_at_output_size(m.weights, p.pixels.shape[:2], preset)
                               for p, m in zip(photos, masks)]
+        if resume is not None and any(isinstance(r, FromProof) for r in resume):
+            extra["resume"] = [r if isinstance(r, FromProof) else None for r in resume]
         call = self.actor.stylize.remote([_at_output_size(p.pixels, preset) for p in photos], preset, *styles,
                                          **extra)
         try:

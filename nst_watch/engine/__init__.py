@@ -5,7 +5,7 @@ imports this package.
 """
 
 from .clock import Progress
-from .engine import Engine, Interrupted, Resume, Stop, StylizeResult
+from .engine import Engine, FromProof, Interrupted, Resume, Stop, StylizeResult
 from .pyramid import fit_long_edge, output_size, resize, scale_sizes
 from .losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
 from .vgg import CONTENT_LAYERS, LAYER_NAMES, STYLE_LAYERS, FeatureExtractor, layer_index
@@ -15,6 +15,7 @@ __all__ = [
     "ContentLoss",
     "Engine",
     "Interrupted",
+    "FromProof",
     "Resume",
     "Stop",
     "FeatureExtractor",

@@ -37,7 +37,7 @@ from .losses import (ContentLoss, GuidedStyleLoss, KeepLoss, StyleLoss, TVLoss, 
                      guided_gram_matrices, layer_weights)
 from .objective import StyleTransferObjective, gray_to_rgb, identity
 from .optimise import LBFGS, AveragedAdam, optimise
-from .pyramid import fit_long_edge, fit_size, output_size, resize, scale_iterations, scale_sizes
+from .pyramid import fit_long_edge, fit_size, output_size, proof_schedule, resize, scale_iterations, scale_sizes
 from .tiled import TiledObjective, gram_matrices, guided_gram_matrices_tiled
 from .vgg import FeatureExtractor, build_features, fold_preprocessing
 from .weights import load_weights
@@ -97,12 +97,35 @@ class Resume:
     output_size: tuple[int, int]
 
 
+@dataclass
+class FromProof:
+    """A proof's result to start a larger render of the same photo and look from (Engine.stylize's `resume`).
+
+    `image` is the proof's result, [3, h, w] RGB in [0, 1] (float or
+    uint8 / 255) at the proof's output size, whose long edge is the proof's
+    size. `look` is `preset.fingerprint(size=False)` of the preset that made
+    it: a final of another look, a photo of another aspect, or a final no
+    larger than the proof starts from scratch instead (with a log line).
+    The final runs pyramid.proof_schedule: the proof's scale is done, the
+    scales above it only refine, so the final looks like its proof.
+    """
+
+    image: torch.Tensor
+    look: str
+
+
 class Interrupted(Exception):
     """Engine.stylize ended by Stop: `done` maps content indices to finished results, `resumes` to Resume."""
 
     def __init__(self, done: dict[int, "StylizeResult"], resumes: dict[int, Resume]):
         super().__init__(f"interrupted: {len(done)} photo(s) done, {len(resumes)} resumable")
         self.done, self.resumes = done, resumes
+
+
+@dataclass
+class _ProofStart:
+    image: torch.Tensor  # [C, h, w] float in [0, 1], as the run optimises it (luminance: C = 1)
+    edge: int
 
 
 class _Paused(Exception):
@@ -233,7 +256,7 @@ class Engine:
         preset: Preset,
         styles: Sequence[torch.Tensor],
         progress: ProgressCallback | None = None,
-        resume: Sequence[Resume | None] | None = None,
+        resume: Sequence[Resume | FromProof | None] | None = None,
         masks: Sequence[torch.Tensor | None] | None = None,
     ) -> list[StylizeResult]:
         """Stylise each content image ([3, H, W], RGB in [0, 1]) with `preset`.
@@ -250,8 +273,10 @@ class Engine:
         together as one batch: each keeps its own optimiser state (Adam is
         elementwise; L-BFGS gets one optimiser per image), so batching changes
         speed, not results. `resume` (one entry per content, None for a
-        fresh start) goes on from where an Interrupted run left a photo; a
-        resumed photo runs in a batch of its own.
+        fresh start) goes on from where an Interrupted run left a photo, or
+        (FromProof) renders a proof's final from the proof: only the scales
+        above the proof's size run, and only refine; such a photo runs in a
+        batch of its own.
         Returns one result per content image, in order. PresetError when
         max_memory cannot serve the preset at all (`check_budget`);
         Interrupted when `progress` raised Stop; EngineError for a region of a
@@ -262,6 +287,7 @@ class Engine:
             raise ValueError(f"preset {preset.name!r} lists {len(preset.style_images())} style images, "
                              f"got {len(styles)}")
         resume = list(resume) if resume is not None else [None] * len(contents)
+        resume = [self._from_proof(r, c, preset) if isinstance(r, FromProof) else r for r, c in zip(resume, contents)]
         masks = self._checked_masks(masks, contents, preset)
         results: list[StylizeResult | None] = [None] * len(contents)
         for hw, indices in self._batches(contents, preset, resume, masks):
@@ -515,6 +541,12 @@ class Engine:
                       preset.early_stop)
         timings = {"style_targets": 0.0}
         image = None
+        if isinstance(resume, _ProofStart):
+            sizes, iterations = proof_schedule(preset, resume.edge)
+            shapes = [fit_long_edge(*batch.shape[-2:], edge) if edge != preset.size else final_hw for edge in sizes]
+            clock = Clock(preset.name, len(batch), list(zip(shapes, iterations)), start, progress, self.report_every,
+                          preset.early_stop)
+            resume = Resume(1, 0, 0, resume.image, fingerprint, final_hw)
         resume = self._usable(resume, fingerprint, final_hw, shapes, preset)
         for scale, (edge, hw, steps) in enumerate(zip(sizes, shapes, iterations), start=1):
             if resume is not None and scale < resume.scale:
@@ -522,6 +554,8 @@ class Engine:
             if resume is not None and scale == resume.scale:
                 image, steps = resume.image.to(self.device, self.dtype)[None], max(0, steps - resume.iteration)
                 clock.ran = resume.ran
+                if steps == 0 and scale < len(sizes):
+                    continue  # a proof's scale (or one finished before a shutdown): the next starts from it
             content = resize(batch, hw)
             guide = self._guide(masks, hw, preset)
 
@@ -585,6 +619,31 @@ class Engine:
             )
             for i in range(len(batch))
         ]
+
+    @staticmethod
+    def _from_proof(proof: FromProof, content: torch.Tensor, preset: Preset) -> "_ProofStart | None":
+        """The proof as the first scale of its final's run, or None (logged) when it cannot serve."""
+        image = proof.image.float() / 255 if proof.image.dtype == torch.uint8 else proof.image.float()
+        edge = max(image.shape[-2:])
+        final_edge = preset.long_edge(*content.shape[-2:])
+        why = None
+        if proof.look != preset.fingerprint(size=False):
+            why = "it was made with other settings or style weights than the preset has now"
+        elif edge >= final_edge:
+            why = f"it is {edge} px, not smaller than the final's {final_edge} px"
+        else:
+            # A photo sent pre-shrunk to its output size (Ray) may round one pixel otherwise.
+            want = fit_long_edge(*content.shape[-2:], edge)
+            if any(abs(a - b) > 1 for a, b in zip(image.shape[-2:], want)):
+                why = "its shape is not the photo's at the proof's size"
+            elif tuple(image.shape[-2:]) != want:
+                image = resize(image[None], want)[0]
+        if why is not None:
+            log.info("preset %r: the final starts from scratch, not from its proof: %s", preset.name, why)
+            return None
+        if preset.color == "luminance":
+            image = color.luminance(image[None])[0]  # what the proof optimised: its luminance
+        return _ProofStart(image.clamp(0, 1), edge)
 
     @staticmethod
     def _usable(resume: Resume | None, fingerprint: str, final_hw, shapes, preset: Preset) -> Resume | None:

@@ -75,6 +75,23 @@ def scale_iterations(preset: Preset, sizes: Sequence[int]) -> list[int]:
     return steps
 
 
+def proof_schedule(preset: Preset, proof_edge: int) -> tuple[list[int], list[int]]:
+    """(long edges, iterations) of a final that starts from a proof at `proof_edge` px (proof, then final).
+
+    The proof is the first scale, already done (0 iterations); then every
+    scale of the final's own pyramid (scale_sizes) above it. The picture was
+    laid out at the proof's size, so those scales only refine, as the
+    scales above REFINE_EDGE do in a run from scratch (scale_iterations):
+    `iterations` x (proof_edge / edge)^2, at least MIN_REFINE, at most
+    `iterations`, so each costs about what the proof's last scale did.
+    `pyramid.iterations` does not apply: it lists a whole run's scales.
+    """
+    above = [edge for edge in scale_sizes(preset) if edge > proof_edge]
+    steps = [min(preset.iterations, max(MIN_REFINE, round(preset.iterations * (proof_edge / edge) ** 2)))
+             for edge in above]
+    return [proof_edge, *above], [0, *steps]
+
+
 # --- resizing ----------------------------------------------------------------------------
 #
 # The GPU kernel of an antialiased resize (PyTorch's upsample_gen2d_aa, CUDA

@@ -42,6 +42,7 @@ from ..watch import (DEFAULT_IGNORE, EMPTY, SYMLINK, TOO_LONG, FolderWatcher, Ma
                      SettleTracker, describe_os_error, path_too_long, scan)
 from .identity import preset_hash, size_bucket
 from .originals import finish_original, recover_originals, retry_moves
+from .proofs import FinalError, request_final, sized
 
 log = logging.getLogger("nst_watch.intake")
 
@@ -151,6 +152,20 @@ class _Skip:
     retry: bool  # a passing state (read error): every reconcile scan tries it again
 
 
+def _rendering(watch: Watch, preset, path: Path) -> dict:
+    """Ledger.add's arguments for how a watch renders `preset` for the photo at `path`: at once, or as a proof.
+
+    A watch with `proof: PX` proofs every preset larger than PX (or full)
+    into its proofs folder; a preset no larger than the proof is rendered
+    at once, as its proof would be its final.
+    """
+    if watch.proof is not None and (preset.size == "full" or preset.size > watch.proof):
+        proof = sized(preset, watch.proof)
+        return {"preset_hash": preset_hash(proof), "output_dir": watch.proofs_dir,
+                "bucket": size_bucket(path, watch.proof), "size": watch.proof, "proof": watch.proof}
+    return {"preset_hash": preset_hash(preset), "output_dir": watch.output, "bucket": size_bucket(path, preset.size)}
+
+
 class _WatchState:
     def __init__(self, watch: Watch, config: Config, tracker: SettleTracker, on_path):
         self.watch = watch
@@ -191,6 +206,29 @@ class _WatchState:
         self.photos_by_stem: dict[tuple[Path, str], dict[Path, tuple[str, tuple]]] = {}
         self.watcher = FolderWatcher(watch.input, self.filter, on_path, polling=watch.polling, name=watch.name,
                                      on_ignored=lambda path, reason: self.noticed.append((path, reason)))
+        self.finals: _FinalsDrop | None = None if watch.finals_dir is None else _FinalsDrop(watch)
+
+
+class _FinalsDrop:
+    """A watch's `finals` folder: a proof (or its original) dropped there asks for its final.
+
+    Its own watchdog observer and settle tracker: a file is matched once it
+    has settled, by content to the originals of the watch's proofs, else by
+    name to the proofs' files (nst_watch.service.proofs.request_final).
+    The file itself stays where it was dropped.
+    """
+
+    def __init__(self, watch: Watch):
+        folder = watch.finals_dir
+        self.folder = folder
+        self.tracker = SettleTracker(watch.settle_seconds)
+        self.filter = PathFilter(folder, include=watch.include, ignore=DEFAULT_IGNORE + list(watch.ignore))
+        self.watcher = FolderWatcher(folder, self.filter, self.tracker.touch, polling=watch.polling,
+                                     name=f"{watch.name} finals")
+
+    def scan(self) -> None:
+        for path in scan(self.folder, self.filter):
+            self.tracker.touch(path)
 
 
 class Intake:
@@ -218,6 +256,8 @@ class Intake:
     def stop(self) -> None:
         for state in self.states.values():
             state.watcher.stop()
+            if state.finals is not None:
+                state.finals.watcher.stop()
 
     def _start_watch(self, watch: Watch) -> None:
         self._prepare_folders(watch)
@@ -226,19 +266,25 @@ class Intake:
         state = _WatchState(watch, self.config, tracker, lambda path: self._on_event(state, path))
         self.states[watch.name] = state
         state.watcher.start()
+        if state.finals is not None:
+            state.finals.watcher.start()
+            state.finals.scan()
+            log.info("watch %s: proofs at %d px into %s; drop keepers into %s for their finals", watch.name,
+                     watch.proof, watch.proofs_dir, watch.finals_dir)
         log.info("watching %s (%s) -> %s [%s]", watch.input, state.watcher.mode or "down", watch.output,
                  ", ".join(watch.presets or ["route: subfolders"]))
         self._scan(state, startup=True)
 
     def _prepare_folders(self, watch: Watch) -> None:
-        for folder in (watch.input, watch.output):
-            folder.mkdir(parents=True, exist_ok=True)
+        for folder in (watch.input, watch.output, watch.proof and watch.proofs_dir, watch.finals_dir):
+            if folder:
+                folder.mkdir(parents=True, exist_ok=True)
         if watch.route == "subfolders":
             # Users see where to drop: one folder per preset.
             for name in self.config.presets:
                 (watch.input / name).mkdir(exist_ok=True)
-        for folder in (watch.output, watch.processed_dir, watch.failed):
-            if folder is None or not folder.is_dir():
+        for folder in (watch.output, watch.processed_dir, watch.failed, watch.proof and watch.proofs_dir):
+            if not folder or not folder.is_dir():
                 continue
             removed = clean_temp_files(folder, older_than=self.config.service.lease_seconds)
             if removed:
@@ -251,7 +297,10 @@ class Intake:
         self.config = config
         for name, watch in old.items():
             if new.get(name) != watch:
-                self.states.pop(name).watcher.stop()
+                stopped = self.states.pop(name)
+                stopped.watcher.stop()
+                if stopped.finals is not None:
+                    stopped.finals.watcher.stop()
                 log.info("watch %s stopped", name)
         for name, watch in new.items():
             if old.get(name) != watch:
@@ -283,6 +332,8 @@ class Intake:
                     self._recheck(state)
                 if state.waiting and self.clock() - state.waited >= RECHECK_SECONDS:
                     self._finish_waiting(state)
+                if state.finals is not None:
+                    self._finals(state, reconcile)
                 while state.noticed:
                     path, reason = state.noticed.popleft()
                     self._skip(state, path, reason, _lstat(path), level=logging.INFO)
@@ -676,10 +727,8 @@ class Intake:
                 extra = {"mask_path": mask[0], "mask_sha256": mask[1]}
             elif preset.needs_mask:
                 extra = {"wait": (watch.mask.wait_seconds, self._mask_wait(state, path))}
-            result = self.ledger.add(
-                sha256=sha, preset=name, preset_hash=preset_hash(preset), source_path=path, watch=watch.name,
-                output_dir=watch.output, bucket=size_bucket(path, preset.size), **extra,
-            )
+            result = self.ledger.add(sha256=sha, preset=name, source_path=path, watch=watch.name,
+                                     **_rendering(watch, preset, path), **extra)
             job = result.job
             with_mask = f" with mask {mask[0].name}" if mask is not None else ""
             if result.created:
@@ -752,9 +801,8 @@ class Intake:
         """
         watch = state.watch
         for name in presets:
-            result = self.ledger.add(sha256=sha, preset=name, preset_hash=preset_hash(self.config.presets[name]),
-                                     source_path=path, watch=watch.name, output_dir=watch.output,
-                                     error=str(problem))
+            result = self.ledger.add(sha256=sha, preset=name, source_path=path, watch=watch.name,
+                                     **_rendering(watch, self.config.presets[name], path), error=str(problem))
             if not result.created and result.job.state in (FAILED, DEAD):
                 self.ledger.relocate(result.job.id, path)  # dropped again: the report names its new place
         log.error("%s; not queued", problem)
@@ -765,6 +813,49 @@ class Intake:
         jobs = [j for j in self.ledger.jobs_for(sha) if j.watch == state.watch.name]
         if any(j.state in (PENDING, LEASED) for j in jobs):
             state.waiting.setdefault(sha, {})[path] = _identity(st)
+
+    # --- finals asked for by a drop ------------------------------------------------------
+
+    def _finals(self, state: _WatchState, reconcile: bool) -> None:
+        finals = state.finals
+        if finals.watcher.check() or reconcile:
+            finals.scan()
+        for result in finals.tracker.poll():
+            if result.ok:
+                try:
+                    self._final_dropped(state, result.path)
+                except Exception as exc:  # the ledger busy, a file gone: looked at again at the next scan
+                    log.error("%s: could not ask for its final (%s); will look again at the next scan",
+                              result.path, exc)
+                    finals.tracker.unreport(result.path)
+
+    def _final_dropped(self, state: _WatchState, path: Path) -> None:
+        """A file settled in the finals folder: the finals of the proofs it is (or is the original of)."""
+        watch = state.watch
+        try:
+            _, sha, _ = _hash_regular(path)
+        except (_NotRegular, FileNotFoundError):
+            return
+        proofs = [j for j in self.ledger.proofs(watch.name) if not j.put_aside]
+        mine = [j for j in proofs if j.sha256 == sha] or [
+            j for j in proofs if j.output_path is not None and Path(j.output_path).name == path.name]
+        if not mine:
+            log.warning("%s is neither a proof of watch %s nor the original of one; drop a file from %s (or its "
+                        "original) to render its final", path, watch.name, watch.proofs_dir)
+            return
+        waiting = False
+        for proof in mine:
+            try:
+                result = request_final(self.config, self.ledger, proof.id)
+            except FinalError as exc:
+                log.warning("%s: %s", path.name, exc)
+                waiting = waiting or proof.state != DONE
+                continue
+            word = "queued" if result.created else f"already {result.job.shown_state}"
+            log.info("%s: final of proof %d (%s, preset %s) %s (job %d)", path.name, proof.id,
+                     Path(proof.source_path).name, proof.preset, word, result.job.id)
+        if waiting:
+            state.finals.tracker.unreport(path)  # a proof still running: asked again at the next scan
 
     def _finish_waiting(self, state: _WatchState) -> None:
         """Names whose content is finished: moved (or kept) as the watch says, as its job's own source was.

@@ -86,11 +86,16 @@ def _target(ledger: Ledger, watch: Watch, sha256: str, path: Path) -> tuple[Path
     jobs = _jobs_of(ledger, watch, sha256, path)
     if not jobs:
         return _mask_target(ledger, watch, sha256, path)
+    # The photo's proofs decide where it goes, not the finals asked of them later: a final that fails
+    # never sends a photo whose proofs are done to failed/.
+    jobs = [j for j in jobs if j.proof_id is None] or jobs
     if any(j.state in (PENDING, LEASED) for j in jobs):
         return None
     if not path.exists():
         return None
     if all(j.state == DONE for j in jobs):
+        if watch.processed_dir is not None and path.is_relative_to(watch.processed_dir):
+            return None  # moved there when its proofs were done; a final read it from there
         if watch.processed_dir is not None:
             return watch.processed_dir, _relative_name(watch, path)
         if watch.failed is not None and path.is_relative_to(watch.failed):

@@ -314,6 +314,8 @@ def _job_view(job) -> dict:
         "id": job.id, "state": job.shown_state, "preset": job.preset, "source": job.source_path,
         "mask": job.mask_path, "mask_sha256": job.mask_sha256,
         "output": job.output_path, "attempts": job.attempts, "error": job.error, "updated": job.updated_at,
+        # Proofs, then finals: "proof" (proof: its px), "final" (proof_id: the proof it is of), or "".
+        "role": job.role, "size": job.size, "proof": job.proof, "proof_id": job.proof_id,
     }
 
 
@@ -418,7 +420,7 @@ def render(snap: dict):
     job_columns = ("id", "state", "preset", "photo")
     if snap.get("waiting"):
         parts.append(_table("waiting", ("id", "preset", "photo", "attempts", "next try", "reason"),
-                            [(str(j["id"]), j["preset"], _photo(j), str(j["attempts"]),
+                            [(str(j["id"]), _preset_label(j), _photo(j), str(j["attempts"]),
                               _next_try(j["next_try"]), j["error"] or "") for j in snap["waiting"]]))
     if snap["recent"]:
         parts.append(_table("recent", job_columns + ("output",),
@@ -436,7 +438,16 @@ def _next_try(at: float) -> str:
 
 
 def _job_row(job: dict) -> tuple[str, ...]:
-    return str(job["id"]), job["state"], job["preset"], _photo(job)
+    return str(job["id"]), job["state"], _preset_label(job), _photo(job)
+
+
+def _preset_label(job: dict) -> str:
+    """The preset, and what the job is of the proof workflow: "impasto (proof 512 px)", "impasto (final of 12)"."""
+    if job.get("role") == "proof":
+        return f"{job['preset']} (proof {job.get('proof')} px)"
+    if job.get("role") == "final":
+        return f"{job['preset']} (final of {job.get('proof_id')})"
+    return job["preset"]
 
 
 def _photo(job: dict) -> str:

@@ -26,7 +26,7 @@ import torch
 
 from ..config import Config, Preset, Watch
 from ..darkroom import EXTENSIONS, Darkroom, to_pixels
-from ..engine import Interrupted, Resume, Stop
+from ..engine import FromProof, Interrupted, Resume, Stop
 from ..engine.pyramid import output_size
 from ..errors import EngineError, MaskError, PhotoError, PresetError
 from ..faults import fault as _fault
@@ -37,6 +37,7 @@ from ..progress import eta_seconds
 from ..watch.masks import MaskNames
 from .identity import file_sha256, preset_hash
 from .originals import finish_original, recover_originals
+from .proofs import job_size, keep_proof, kept_proof, sized
 from .publish import Outputs, clean_stages, write_file
 from .status import IDLE_PROGRESS, pid_alive, step_progress
 from .thumbs import mask_picture, thumbs_dir, write_thumbs
@@ -257,6 +258,9 @@ class Worker:
                 self._fail(job, f"preset {job.preset!r} is no longer in the config; restore it, then "
                                 "run `nst-watch retry`", permanent=True)
             return
+        # A proof, or a final at another size, renders its preset at its own size (all claimed
+        # together share it: the size is part of the preset hash the ledger batches by).
+        preset = sized(preset, job_size(jobs[0]))
         try:
             self.darkroom.style_images(preset)
         except PresetError as exc:
@@ -274,7 +278,7 @@ class Worker:
             effective = _with_watch_format(preset, watch)
             if self._recover(job, effective):
                 continue
-            photo = self._load(job)
+            photo = self._load(job, preset)
             if photo is None:
                 continue
             mask = self._mask(job, photo, preset, watch)
@@ -292,8 +296,7 @@ class Worker:
         log.error("%s; %d job(s) wait, their photos untouched, and run once it is fixed (checked every %.0fs)",
                   reason, released, every)
 
-    def _load(self, job: Job):
-        preset = self.config.presets[job.preset]
+    def _load(self, job: Job, preset: Preset):
         try:
             photo = load_photo(job.source_path, max_pixels=self.config.max_pixels)
             self.darkroom.check_fits(photo, preset)
@@ -398,7 +401,7 @@ class Worker:
         self.activity.started = time.time()
         beat = _Heartbeat(self.ledger, self.owner, [j.id for j in jobs], self.config.service.lease_seconds)
         beat.start()
-        resumes = [self._kept(job, preset) for job in jobs]
+        resumes = [self._start(job, preset) for job in jobs]
         try:
             results = self.darkroom.stylize_photos([t[1] for t in todo], preset, progress=self._progress,
                                                    resume=resumes if any(resumes) else None,
@@ -438,6 +441,20 @@ class Worker:
 
     def _kept_path(self, job: Job) -> Path:
         return self.state_dir / "resume" / f"job{job.id}.pt"
+
+    def _start(self, job: Job, preset: Preset) -> Resume | FromProof | None:
+        """Where the job's optimisation starts: its proof's image for a final of a proof (a final stopped past
+        the grace starts from its proof again), the progress a shutdown kept, or None (from scratch)."""
+        if job.proof_id is None:
+            return self._kept(job, preset)
+        kept = kept_proof(self.state_dir, job.proof_id)
+        if kept is None:
+            note = (f"the image kept of proof {job.proof_id} is gone (dropped beyond service.proof_state, or never "
+                    "kept): this final renders from scratch")
+            log.info("job %d: %s", job.id, note)
+            self.ledger.note(job.id, note)
+            return None
+        return FromProof(torch.from_numpy(kept.pixels.copy()).permute(2, 0, 1), kept.look)
 
     def _kept(self, job: Job, preset: Preset) -> Resume | None:
         """The optimisation a shutdown kept for `job`, if any and readable (the engine checks it still fits)."""
@@ -508,7 +525,19 @@ class Worker:
                        permanent=exc.permanent)
             return
         self._thumbnails(job, photo, result, preset, mask)
+        if job.proof is not None:
+            self._keep_proof(job, result, preset)
         self._complete(job, final, f" ({result.iterations} iterations, {result.seconds:.0f} s)")
+
+    def _keep_proof(self, job: Job, result, preset: Preset) -> None:
+        """A proof's result kept for its final, before the proof shows as done. Best effort: without it the final
+        renders from scratch."""
+        try:
+            keep_proof(self.state_dir, job.id, to_pixels(result.image), preset.fingerprint(size=False),
+                       int(self.config.service.proof_state))
+        except Exception as exc:  # noqa: BLE001 - the proof is published; its final only loses the head start
+            log.warning("job %d: the proof's image could not be kept in %s (%s); its final will render from "
+                        "scratch", job.id, self.state_dir, exc)
 
     def _thumbnails(self, job: Job, photo, result, preset: Preset, mask: Mask | None = None) -> None:
         """Before/after thumbnails (and the mask's, painted in its regions' colours) for the web view, in place

@@ -1,0 +1,203 @@
+"""Proofs, then finals: what a final needs of its proof, and the one way a final is asked for.
+
+A watch with `proof: PX` (or `submit --proof PX`) renders every photo x
+preset at PX into its proofs folder. Each finished proof keeps its result in
+`state_dir/proofs/<job id>.png` (8-bit RGB, the look's fingerprint in a PNG
+text chunk; through the publish path, so never half written). A final asked
+for by the web view's Render button, a file dropped into the watch's
+`finals` folder, or `nst-watch render` all go through `request_final`, so
+they end in the same job; the worker starts it from the kept image
+(nst_watch.engine.FromProof): only the scales above the proof run, and
+only refine.
+
+Eviction: the kept images take at most `service.proof_state` bytes (2 GB
+by default: about 5000 proofs at 512 px). Beyond it the least recently used
+go first (a file's mtime: written by its proof, touched when a final reads
+it). A final whose proof's image is gone renders from scratch, and its
+history says so.
+
+Torch-free: the web view and the CLI (in the watcher's process) import it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from ..config import Config, Preset
+from ..errors import NstWatchError
+from ..jobs import DONE, FAILED, DEAD, AddResult, Job, Ledger
+from .identity import preset_hash, size_bucket
+from .publish import write_file
+
+log = logging.getLogger("nst_watch.proofs")
+
+FINAL_PRIORITY = 1  # a keeper the photographer chose runs before the proofs still queued
+_LOOK_KEY = "nst-watch-look"
+
+
+class FinalError(NstWatchError):
+    """A final that cannot be asked for (no such job, not a proof, not done yet, a size no larger than the proof)."""
+
+
+@dataclass
+class KeptProof:
+    """A proof's result as kept for its final: `pixels` [h, w, 3] uint8 RGB at the proof's size, and `look`
+    (Preset.fingerprint(size=False) of the preset that made it)."""
+
+    pixels: np.ndarray
+    look: str
+
+
+def state_dir_of(state_dir: Path) -> Path:
+    return Path(state_dir) / "proofs"
+
+
+def kept_path(state_dir: Path, job_id: int) -> Path:
+    """Where proof job `job_id` keeps its result: built from the integer only."""
+    return state_dir_of(state_dir) / f"{int(job_id)}.png"
+
+
+def keep_proof(state_dir: Path, job_id: int, pixels: np.ndarray, look: str, budget: int) -> None:
+    """Keep a finished proof's result ([h, w, 3] float in [0, 1] or uint8), then evict beyond `budget` bytes.
+
+    PhotoError (a full disk, permissions) with no partial file left: the
+    proof itself is published already, so the caller only warns.
+    """
+    if pixels.dtype != np.uint8:
+        pixels = np.clip(np.asarray(pixels, dtype=np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(_LOOK_KEY, look)
+    image = Image.fromarray(np.ascontiguousarray(pixels[..., :3]))
+    path = kept_path(state_dir, job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file(path, lambda f: image.save(f, format="PNG", pnginfo=info, compress_level=1), "overwrite",
+               temp=f"proof-{int(job_id)}")
+    evict(state_dir, budget, keep=path)
+
+
+def kept_proof(state_dir: Path, job_id: int) -> KeptProof | None:
+    """The kept result of proof job `job_id`, marked as just used; None when it is gone or unreadable."""
+    path = kept_path(state_dir, job_id)
+    try:
+        with Image.open(path) as image:
+            look = image.text.get(_LOOK_KEY)  # type: ignore[attr-defined]
+            pixels = np.asarray(image.convert("RGB"))
+        os.utime(path)  # least recently used goes first
+    except (OSError, ValueError) as exc:
+        if path.exists():
+            log.warning("proof job %d: its kept image %s is unreadable (%s)", job_id, path, exc)
+        return None
+    if not look:
+        return None
+    return KeptProof(pixels, look)
+
+
+def evict(state_dir: Path, budget: int, *, keep: Path | None = None) -> list[Path]:
+    """Remove the least recently used kept proofs until they take at most `budget` bytes; the removed paths.
+
+    `keep` (the one just written) is never removed, even alone over budget.
+    """
+    entries = []
+    try:
+        with os.scandir(state_dir_of(state_dir)) as scan:
+            for entry in scan:
+                if entry.name.endswith(".png") and entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    entries.append((st.st_mtime_ns, entry.name, st.st_size, Path(entry.path)))
+    except FileNotFoundError:
+        return []
+    total = sum(size for _, _, size, _ in entries)
+    removed = []
+    for _, _, size, path in sorted(entries):
+        if total <= budget:
+            break
+        if keep is not None and path == keep:
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        total -= size
+        removed.append(path)
+    if removed:
+        log.info("dropped %d kept proof image(s) beyond service.proof_state (%d bytes); their finals render "
+                 "from scratch", len(removed), budget)
+    return removed
+
+
+def parse_size(text: str | int | None) -> int | str | None:
+    """A final's size as given (`--size`, the web view): None (the preset's), "full", or px >= 16; ValueError."""
+    if text is None or text == "":
+        return None
+    if str(text).strip().lower() == "full":
+        return "full"
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size: give full or a long edge in pixels, e.g. 2048") from None
+    if value < 16:
+        raise ValueError(f"{value} px is too small for a final: give full or at least 16 px")
+    return value
+
+
+def job_size(job: Job) -> int | str | None:
+    """The size a job renders at (Job.size as stored): None for its preset's own."""
+    return None if job.size is None else "full" if job.size == "full" else int(job.size)
+
+
+def sized(preset: Preset, size: int | str | None) -> Preset:
+    """`preset` at `size` (px or "full"; None: its own)."""
+    return preset if size is None or size == preset.size else preset.model_copy(update={"size": size})
+
+
+def request_final(config: Config, ledger: Ledger, proof_id: int, size: int | str | None = None) -> AddResult:
+    """Queue the final of proof job `proof_id` at `size` (None: the preset's own size), or return it if queued.
+
+    The same proof and size always give the same job (the ledger's
+    identity); asking again for a final that failed or died queues it
+    again. The final renders from the proof's original (wherever the
+    ledger followed it), with its mask, into the watch's output folder
+    (for a submitted proof: the folder above its proofs folder).
+    FinalError naming the job and the fix otherwise.
+    """
+    job = ledger.get(int(proof_id))
+    if job is None:
+        raise FinalError(f"there is no job {proof_id} (nst-watch status lists the jobs)")
+    if job.proof is None:
+        what = f"a final of proof {job.proof_id}" if job.proof_id is not None else "not a proof"
+        raise FinalError(f"job {job.id} is {what}: give the job number of a proof (status --json: role \"proof\")")
+    if job.state != DONE or job.put_aside:
+        raise FinalError(f"proof {job.id} ({Path(job.source_path).name}, preset {job.preset}) is "
+                         f"{job.shown_state}, not done: its final can be asked for once the proof is made")
+    preset = config.presets.get(job.preset)
+    if preset is None:
+        raise FinalError(f"proof {job.id}: preset {job.preset!r} is no longer in the config; restore it to render "
+                         "its final")
+    final = sized(preset, size)
+    if final.size != "full" and final.size <= job.proof:
+        raise FinalError(f"proof {job.id} is {job.proof} px: its final must be larger (give --size full or more "
+                         f"than {job.proof} px; the preset's own size is {preset.size})")
+    result = ledger.add(
+        sha256=job.sha256, preset=job.preset, preset_hash=preset_hash(final), source_path=job.source_path,
+        watch=job.watch, output_dir=_final_dir(config, job),
+        bucket=size_bucket(Path(job.source_path), final.size), priority=FINAL_PRIORITY,
+        mask_path=job.mask_path, mask_sha256=job.mask_sha256,
+        size=None if final.size == preset.size else final.size, proof_id=job.id,
+    )
+    if not result.created and result.job.state in (FAILED, DEAD):
+        ledger.retry([result.job.id])
+        result = AddResult(ledger.get(result.job.id), False)  # type: ignore[arg-type]
+    return result
+
+
+def _final_dir(config: Config, proof: Job) -> Path:
+    watch = config.watch(proof.watch) if proof.watch else None
+    if watch is not None:
+        return watch.output
+    return Path(proof.output_dir).parent  # submit --proof wrote into OUT/proofs
