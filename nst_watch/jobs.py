@@ -1094,10 +1094,10 @@ class Ledger:
         return self._select(self._conn(), "mask_sha256 = ?", (mask_sha256,), "ORDER BY id")
 
     def proofs(self, watch: str | None = None, limit: int = 5000) -> list[Job]:
-        """Proof jobs (of one watch, or all), oldest first."""
-        if watch is None:
-            return self._select(self._conn(), "proof IS NOT NULL", (limit,), "ORDER BY id LIMIT ?")
-        return self._select(self._conn(), "proof IS NOT NULL AND watch = ?", (watch, limit), "ORDER BY id LIMIT ?")
+        """The newest `limit` proof jobs (of one watch, or all), oldest first."""
+        where, params = ("proof IS NOT NULL", [limit]) if watch is None else (
+            "proof IS NOT NULL AND watch = ?", [watch, limit])
+        return self._select(self._conn(), where, params, "ORDER BY id DESC LIMIT ?")[::-1]
 
     def finals_of(self, proof_ids: Iterable[int]) -> list[Job]:
         """Final jobs rendered from these proofs, oldest first."""

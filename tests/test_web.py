@@ -337,6 +337,16 @@ THUMBS_LOADED = """() => {
 }"""
 
 
+def open_page(playwright, chromium: str, width: int):
+    """(browser, page, errors): a Chromium page whose script errors and console errors collect in `errors`."""
+    browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+    return browser, page, errors
+
+
 @pytest.mark.slow
 def test_the_page_follows_the_darkroom_live_in_chromium(tmp_path):
     chromium, sync_playwright = _browser()
@@ -345,11 +355,7 @@ def test_the_page_follows_the_darkroom_live_in_chromium(tmp_path):
     with web_view(studio) as (daemon, port):
         daemon.wait_ready()
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+            browser, page, errors = open_page(p, chromium, 1100)
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_function("() => window.darkroom.polls > 0")
             page.evaluate("() => { window.notReloaded = true; }")

@@ -134,7 +134,8 @@ class Daemon:
 
         token = config.service.http_token
         self.web = start_web(config.service.http, state_dir=config.state_dir, ledger=self.ledger,
-                             token=token.get_secret_value() if token is not None else None)
+                             token=token.get_secret_value() if token is not None else None,
+                             config=lambda: self.config)  # the current one: SIGHUP replaces it
 
     def _start_worker(self, config: Config) -> None:
         from ..darkroom import Darkroom  # torch is imported here, and only here

@@ -13,11 +13,12 @@ import errno
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
 
-from ...config import parse_http
+from ...config import Config, parse_http
 from ...errors import ConfigError, NstWatchError
 from ...jobs import Ledger
 from .app import create_app
@@ -50,8 +51,12 @@ class WebServer:
         self.sock.close()
 
 
-def start_web(http: str, *, state_dir: Path, ledger: Ledger, token: str | None = None) -> WebServer:
+def start_web(http: str, *, state_dir: Path, ledger: Ledger, token: str | None = None,
+              config: Callable[[], Config] | None = None) -> WebServer:
     """Serve the web view of `state_dir` on `http` (HOST:PORT, already validated) in a background thread.
+
+    `config` returns the daemon's current config (it changes on SIGHUP): the
+    proof sheet's Render button needs it.
 
     Raises NstWatchError (exit 1) when the port is taken, ConfigError (exit
     78) when the address cannot be used on this machine at all.
@@ -60,11 +65,12 @@ def start_web(http: str, *, state_dir: Path, ledger: Ledger, token: str | None =
     sock = _bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
-    config = uvicorn.Config(
-        create_app(state_dir, ledger, token=token), lifespan="off", log_level="warning", access_log=False,
+    settings = uvicorn.Config(
+        create_app(state_dir, ledger, token=token, config=config), lifespan="off", log_level="warning",
+        access_log=False,
         log_config=None,  # keep our handlers: escaped lines, syslog prefixes for journald
         loop="asyncio", http="h11", ws="none", server_header=False, timeout_graceful_shutdown=int(STOP_SECONDS))
-    web = WebServer(uvicorn.Server(config), sock, url)
+    web = WebServer(uvicorn.Server(settings), sock, url)
     web.thread.start()
     log.info("web view on %s", url)
     return web
