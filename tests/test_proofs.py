@@ -82,6 +82,21 @@ def test_a_final_from_its_proof_runs_only_the_scales_above_it(engine, color):
     assert kept.iterations == final.iterations
 
 
+def test_a_proof_a_pixel_off_the_final_s_rounding_still_starts_it(engine, caplog):
+    """A 41x24 photo is 32x19 at 32 px, but its 64 px output (64x37) is 32x18 at 32 px: the proof still serves."""
+    g = torch.Generator().manual_seed(1)
+    content, style = torch.rand(3, 24, 41, generator=g), torch.rand(3, 64, 64, generator=g)
+    proof_preset = Preset(styles=["s.png"], size=32, iterations=10, early_stop=None, **SHALLOW)
+    proof = engine.stylize([content], proof_preset, [style])[0]
+    assert tuple(proof.image.shape[-2:]) == (19, 32) and fit_long_edge(37, 64, 32) == (18, 32)
+    final_preset = proof_preset.model_copy(update={"size": 64})
+    with caplog.at_level(logging.INFO, logger="nst_watch.engine"):
+        final = engine.stylize([content], final_preset, [style],
+                               resume=[FromProof(proof.image, proof_preset.fingerprint(size=False))])[0]
+    assert "afresh" not in caplog.text and "from scratch" not in caplog.text
+    assert final.iterations == sum(proof_schedule(final_preset, 32)[1])
+
+
 def test_a_proof_that_cannot_serve_starts_the_final_from_scratch(engine, caplog):
     content, style = _pictures()
     proof_preset = Preset(styles=["s.png"], size=32, iterations=10, early_stop=None, **SHALLOW)

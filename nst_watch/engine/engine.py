@@ -546,7 +546,10 @@ class Engine:
             shapes = [fit_long_edge(*batch.shape[-2:], edge) if edge != preset.size else final_hw for edge in sizes]
             clock = Clock(preset.name, len(batch), list(zip(shapes, iterations)), start, progress, self.report_every,
                           preset.early_stop)
-            resume = Resume(1, 0, 0, resume.image, fingerprint, final_hw)
+            # The photo at its output size may round the proof's size a pixel otherwise than the photo did.
+            image = resume.image if tuple(resume.image.shape[-2:]) == shapes[0] else resize(resume.image[None],
+                                                                                             shapes[0])[0]
+            resume = Resume(1, 0, 0, image, fingerprint, final_hw)
         resume = self._usable(resume, fingerprint, final_hw, shapes, preset)
         for scale, (edge, hw, steps) in enumerate(zip(sizes, shapes, iterations), start=1):
             if resume is not None and scale < resume.scale:
