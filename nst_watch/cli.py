@@ -517,7 +517,8 @@ def submit(config_path: Path, files, presets, masks, out_dir: Path, proof: int |
             sha = file_sha256(path)
             mask_sha = file_sha256(mask) if mask is not None else None
             for name, preset in chosen.items():
-                problem = _submit_mask_problem(path, mask, preset, config.max_pixels)
+                problem = _submit_mask_problem(path, mask, preset, config.max_pixels) or (
+                    proof is not None and _proof_size_problem(path, preset, proof))
                 if problem is not None:
                     refuse(path, problem, preset=name)
                     continue
@@ -534,14 +535,34 @@ def submit(config_path: Path, files, presets, masks, out_dir: Path, proof: int |
                                 "job": job.id, "created": result.created, "state": job.state, "role": job.role,
                                 "output": job.output_path})
                 if not as_json:
-                    word = ("queued" + (f" as a {proof} px proof" if job.proof else "") if result.created
-                            else f"already {job.state}")
+                    word = "queued" if result.created else f"already {job.state}"
+                    if result.created and proof is not None:
+                        word += (f" as a {proof} px proof" if job.proof else
+                                 f" at its own size {preset.size} px, no larger than the proof")
                     with_mask = f" with mask {mask.name}" if mask else ""
                     click.echo(f"{path} [{name}]{with_mask}: {word} (job {job.id})")
     if as_json:
         click.echo(json.dumps(records, indent=2))
     if bad:
         sys.exit(EXIT_FAILURE)
+
+
+def _proof_size_problem(photo: Path, preset, proof: int) -> str | None:
+    """Why `photo` cannot be proofed at `proof` px with `preset` (too thin for its deepest layer), else None."""
+    from .config import deepest, min_edge
+    from .photo.decode import displayed_size
+
+    try:
+        width, height, _ = displayed_size(photo)
+    except Exception:  # noqa: BLE001 - the worker says why it cannot be read
+        return None
+    scale = proof / max(width, height)
+    need = min_edge([*preset.content_layers, *preset.style_layers])
+    if round(min(width, height) * scale) >= need:
+        return None
+    return (f"{photo}: --proof {proof} makes it {max(1, round(width * scale))}x{max(1, round(height * scale))}, too "
+            f"small for layer {deepest([*preset.content_layers, *preset.style_layers])} (a short edge of {need} px); "
+            f"it fits at --proof {-(-need * max(width, height) // min(width, height))} or more")
 
 
 def _submit_mask_problem(photo: Path, mask: Path | None, preset, max_pixels: int) -> str | None:
@@ -603,11 +624,11 @@ def render(config_path: Path, job_ids, size: str | None, as_json: bool) -> None:
                 bad += 1
                 continue
             job = result.job
-            records.append({"proof": job_id, "job": job.id, "created": result.created, "state": job.state,
-                            "size": job.size, "output_dir": job.output_dir})
+            records.append({"proof": job_id, "job": job.id, "created": result.created, "requeued": result.requeued,
+                            "state": job.shown_state, "size": job.size, "output_dir": job.output_dir,
+                            "output": job.output_path})
             if not as_json:
-                word = "queued" if result.created else f"already {job.shown_state}"
-                click.echo(f"proof {job_id}: final {word} (job {job.id}) -> {job.output_dir}")
+                click.echo(f"proof {job_id}: final {result.word} (job {job.id}) -> {job.output_path or job.output_dir}")
     if as_json:
         click.echo(json.dumps(records, indent=2))
     if bad:

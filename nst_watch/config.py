@@ -1054,12 +1054,8 @@ def _resolve_watch(watch: Watch, index: int, base: Path, *, text: str | None, pr
         folders["processed"] = moved
         processed = f"move:{moved}"
     inbox = folders["input"]
-    resolved = watch.model_copy(update=folders)
-    if resolved.finals_dir is not None and resolved.finals_dir in (resolved.proofs_dir, folders["output"]):
-        problems.append(
-            f"watches.{index}.finals{_at(text, f'watches.{index}.finals')}: {resolved.finals_dir} is where the "
-            f"{'proofs' if resolved.finals_dir == resolved.proofs_dir else 'finals'} are written; every one would "
-            "ask for its own final. Give finals a folder of its own (default: PROOFS/finals)")
+    if watch.proof is not None:
+        _check_proof_folders(watch, folders, index, text, problems)
     for key, folder in folders.items():
         if key != "input" and (folder == inbox or folder.is_relative_to(inbox)):
             problems.append(
@@ -1067,6 +1063,28 @@ def _resolve_watch(watch: Watch, index: int, base: Path, *, text: str | None, pr
                 f"folder {inbox}; nst-watch would process its own files forever. Put it beside the input folder"
             )
     return watch.model_copy(update={**folders, "processed": processed})
+
+
+def _check_proof_folders(watch: Watch, folders: dict[str, Path], index: int, text: str | None,
+                         problems: list[str]) -> None:
+    """The proofs folder apart from the finals, and the finals drop folder apart from every folder nst-watch
+    writes into: a file nst-watch puts there would ask for a final nobody chose."""
+    proofs = folders.get("proofs", folders["output"] / "proofs")
+    finals = folders.get("finals", proofs / "finals")
+    if proofs == folders["output"]:
+        problems.append(f"watches.{index}.proofs{_at(text, f'watches.{index}.proofs')}: {proofs} is the output "
+                        "folder; proofs and finals would share names. Give proofs a folder of its own "
+                        "(default: OUTPUT/proofs)")
+    written = {"proofs": proofs, "output": folders["output"], "processed": folders.get("processed"),
+               "failed": folders.get("failed")}
+    for key, folder in written.items():
+        if folder is not None and (finals == folder or (key in ("processed", "failed")
+                                                        and finals.is_relative_to(folder))):
+            problems.append(
+                f"watches.{index}.finals{_at(text, f'watches.{index}.finals')}: {finals} is where nst-watch writes "
+                f"the {key if key != 'output' else 'finals'} files; each one would ask for a final nobody chose. "
+                "Give finals a folder of its own (default: PROOFS/finals)")
+            return
 
 
 def resolve_preset(preset: Preset, base: Path, *, source: str, key: str, text: str | None = None,

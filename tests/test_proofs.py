@@ -141,14 +141,20 @@ def test_kept_proofs_are_bounded_least_recently_used_first(tmp_path):
 # --- config --------------------------------------------------------------------------------------------------
 
 
-def test_a_finals_folder_that_is_the_proofs_folder_is_refused(tmp_path):
-    studio = Studio(tmp_path, presets=("a",), watch={"proof": 16, "proofs": str(tmp_path / "p"),
-                                                     "finals": str(tmp_path / "p")})
+@pytest.mark.parametrize("folders, key", [
+    ({"proofs": "p", "finals": "p"}, "finals"),
+    ({"finals": "outbox"}, "finals"),
+    ({"finals": "processed"}, "finals"),  # each original moved there would ask for its finals
+    ({"finals": "failed/keepers"}, "finals"),
+    ({"proofs": "outbox"}, "proofs"),
+])
+def test_proof_folders_apart_from_every_folder_nst_watch_writes(tmp_path, folders, key):
+    studio = Studio(tmp_path, presets=("a",), watch={"proof": 16, **{k: str(tmp_path / v) for k, v in folders.items()}})
     with pytest.raises(ConfigError) as caught:
         load_config(studio.config)
-    assert "watches.0.finals" in str(caught.value) and "a folder of its own" in str(caught.value)
+    assert f"watches.0.{key}" in str(caught.value) and "a folder of its own" in str(caught.value)
     result = nst("validate", "-c", studio.config)
-    assert result.returncode == 78 and "watches.0.finals" in result.stderr
+    assert result.returncode == 78 and f"watches.0.{key} (line" in result.stderr
 
 
 # --- the hot folder ------------------------------------------------------------------------------------------
@@ -177,13 +183,21 @@ def test_a_watch_proofs_every_photo_and_a_dropped_proof_gets_its_final(tmp_path)
         assert not list(studio.outbox.glob("*.png"))  # no final yet
         proofs = {Path(j.source_path).name: j for j in _done(studio, "proof")}
         assert kept_path(studio.root / "state", proofs["one.jpg"].id).is_file()
-        # The photographer drags one proof into finals/.
-        os.rename(made[0], studio.outbox / "proofs" / "finals" / made[0].name)
+        # The photographer copies one proof into finals/ under a name of their own: it is known by its content.
+        (studio.outbox / "proofs" / "finals" / "pick.png").write_bytes(made[0].read_bytes())
         wait_until(lambda: _done(studio, "final"), timeout=90, what="the final")
         [final] = _done(studio, "final")
         assert final.proof_id == proofs["one.jpg"].id and final.priority == 1
         out = Path(final.output_path)
         assert out.parent == studio.outbox and max(Image.open(out).size) == 40
+        # A stranger asks for nothing, and says so in status.
+        finals_dir = studio.outbox / "proofs" / "finals"
+        stranger = photo(tmp_path / "stranger.jpg", seed=5)
+        os.rename(stranger, finals_dir / "stranger.jpg")
+        wait_until(lambda: any(e["path"].endswith("stranger.jpg") for e in status(studio)["skipped"]), timeout=60,
+                   what="the stranger listed as not taken")
+        [listed] = [e for e in status(studio)["skipped"] if e["path"].endswith("stranger.jpg")]
+        assert "neither a proof of watch inbox" in listed["reason"]
         # The original of the other, dropped into finals/, asks for its final too; asking again is the same job.
         (studio.outbox / "proofs" / "finals" / "two.jpg").write_bytes((studio.processed / "two.jpg").read_bytes())
         wait_until(lambda: len(_done(studio, "final")) == 2, timeout=90, what="the second final")
@@ -196,6 +210,7 @@ def test_a_watch_proofs_every_photo_and_a_dropped_proof_gets_its_final(tmp_path)
         assert daemon.stop() == 0
     roles = {(j["role"], Path(j["source"]).name) for j in snap["recent"]}
     assert roles == {("proof", "one.jpg"), ("proof", "two.jpg"), ("final", "one.jpg"), ("final", "two.jpg")}
+    assert {j["size"] for j in snap["recent"] if j["role"] == "proof"} == {20}  # a number, as proof is
     finals = [j for j in snap["recent"] if j["role"] == "final"]
     assert {j["proof_id"] for j in finals} == {p.id for p in proofs.values()}
     table = nst("status", "-c", studio.config).stdout
@@ -236,23 +251,41 @@ def test_an_evicted_proof_renders_from_scratch_with_a_note_and_a_failed_final_le
         wait_until(lambda: len(_done(studio, "proof")) == 2, timeout=90, what="two proofs")
         proofs = {Path(j.source_path).name: j for j in _done(studio, "proof")}
         kept_path(studio.root / "state", proofs["one.jpg"].id).unlink()  # as eviction leaves it
-        assert nst("render", "-c", studio.config, proofs["one.jpg"].id).returncode == 0
+        dragged = Path(proofs["one.jpg"].output_path)  # moved into finals/ keeping its name: known by it
+        os.rename(dragged, studio.outbox / "proofs" / "finals" / dragged.name)
         wait_until(lambda: _done(studio, "final"), timeout=90, what="the final from scratch")
         [final] = _done(studio, "final")
         with studio.ledger() as ledger:
             notes = [e.message or "" for e in ledger.history(final.id)]
         assert any("renders from scratch" in n for n in notes), notes
-        # The other's original goes away before its final: the final fails; the proof is untouched.
-        (studio.inbox / "two.jpg").unlink()
-        assert nst("render", "-c", studio.config, proofs["two.jpg"].id).returncode == 0
-        wait_until(lambda: any(j.role == "final" and j.state == "failed" for j in studio.jobs()), timeout=90,
-                   what="the failed final")
     finally:
         assert daemon.stop() == 0
-    with studio.ledger() as ledger:
-        proof = ledger.get(proofs["two.jpg"].id)
-    assert proof.state == "done" and Path(proof.output_path).is_file()
-    assert not studio.failed.exists() or not list(studio.failed.iterdir())
+    # The other's original changes after its final was asked for: the final fails; the proof is untouched.
+    two = studio.inbox / "two.jpg"
+    kept = two.read_bytes()
+    assert nst("render", "-c", studio.config, proofs["two.jpg"].id).returncode == 0
+    photo(two, seed=9, size=(48, 40))
+    daemon = studio.start().wait_ready()
+    try:
+        wait_until(lambda: any(j.role == "final" and j.state == "failed" for j in studio.jobs()), timeout=90,
+                   what="the failed final")
+        with studio.ledger() as ledger:
+            proof = ledger.get(proofs["two.jpg"].id)
+        assert proof.state == "done" and Path(proof.output_path).is_file()
+        assert not studio.failed.exists() or not list(studio.failed.iterdir())
+        # An original gone: render says where to drop a copy; a copy dropped there renders the final.
+        Path(proofs["one.jpg"].source_path).unlink()
+        gone = nst("render", "-c", studio.config, proofs["one.jpg"].id, "--size", "30")
+        assert gone.returncode == 1 and "is gone; drop a copy into" in gone.stderr and "finals" in gone.stderr
+        # The failed final, its original changed: a copy of the photo as it was, dropped, renders it.
+        copy = studio.root / "copy.jpg"
+        copy.write_bytes(kept)
+        os.rename(copy, studio.outbox / "proofs" / "finals" / "copy.jpg")
+        wait_until(lambda: len(_done(studio, "final")) == 2, timeout=90, what="the final from the dropped copy")
+        assert "copy.jpg: final of proof" in daemon.log and "queued again" in daemon.log
+    finally:
+        assert daemon.stop() == 0
+    assert (studio.outbox / "proofs" / "finals" / "copy.jpg").is_file()  # the drop stays where it was dropped
 
 
 def test_submit_proof_then_render(tmp_path):
@@ -274,6 +307,16 @@ def test_submit_proof_then_render(tmp_path):
     [final] = _done(studio, "final")
     assert Path(final.output_path).parent == out and max(Image.open(final.output_path).size) == 40
     assert source.exists()  # submitted originals are never moved
+
+
+def test_submit_refuses_a_proof_size_the_photo_cannot_take(tmp_path):
+    studio = _proof_studio(tmp_path)
+    thin = photo(tmp_path / "thin.jpg", seed=1, size=(100, 60))
+    refused = nst("submit", "-c", studio.config, thin, "-p", "a", "--proof", "24", "--json")
+    assert refused.returncode == 1
+    assert "--proof 24 makes it 24x14, too small for layer relu5_1" in refused.stderr
+    assert "fits at --proof 27 or more" in refused.stderr
+    assert not studio.jobs()
 
 
 def test_stylize_proof_writes_proofs_at_the_proof_size(tmp_path):

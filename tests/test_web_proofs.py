@@ -103,7 +103,9 @@ def picture(path: Path, size=(32, 27), fmt: str = "PNG") -> Path:
 
 
 def made(ledger: Ledger, sha: str, source: Path, output: Path | None, **fields):
-    """A job run to done by a pretend worker, `output` its result (None: done without one)."""
+    """A job run to done by a pretend worker, `output` its result (None: done without one); its original is made."""
+    if not source.exists():
+        picture(source, fmt="JPEG")
     job = ledger.add(sha256=sha * 64, preset="a", preset_hash="h" + sha, source_path=source,
                      output_dir=source.parent, bucket="32x27", **fields).job
     [claimed] = ledger.claim(OWNER)
@@ -164,9 +166,9 @@ def test_render_needs_the_pages_csrf_token_and_origin_and_says_why_it_cannot(dar
     queued = client.post(url, headers=own)
     assert queued.status_code == 200
     final_id = queued.json()["job"]
-    assert queued.json() == {"job": final_id, "created": True, "state": "pending"}
+    assert queued.json() == {"job": final_id, "created": True, "requeued": False, "state": "pending"}
     again = client.post(url, headers={"X-CSRF-Token": csrf}, json_body={})  # no Origin: allowed; the same final
-    assert again.json() == {"job": final_id, "created": False, "state": "pending"}
+    assert again.json() == {"job": final_id, "created": False, "requeued": False, "state": "pending"}
     [final] = ledger.finals_of([proof.id])
     assert final.id == final_id and final.size is None and final.output_dir == str(studio.outbox)
     full = client.post(url, headers=own, json_body={"size": "full"})

@@ -42,7 +42,7 @@ from ..watch import (DEFAULT_IGNORE, EMPTY, SYMLINK, TOO_LONG, FolderWatcher, Ma
                      SettleTracker, describe_os_error, path_too_long, scan)
 from .identity import preset_hash, size_bucket
 from .originals import finish_original, recover_originals, retry_moves
-from .proofs import FinalError, request_final, sized
+from .proofs import FinalError, proofs_matching, request_final, sized
 
 log = logging.getLogger("nst_watch.intake")
 
@@ -225,10 +225,15 @@ class _FinalsDrop:
         self.filter = PathFilter(folder, include=watch.include, ignore=DEFAULT_IGNORE + list(watch.ignore))
         self.watcher = FolderWatcher(folder, self.filter, self.tracker.touch, polling=watch.polling,
                                      name=f"{watch.name} finals")
+        self.skipped: dict[Path, _Skip] = {}  # drops that asked for no final, for status's "not taken"
 
     def scan(self) -> None:
+        present = set()
         for path in scan(self.folder, self.filter):
+            present.add(path)
             self.tracker.touch(path)
+        for path in [p for p in self.skipped if p not in present]:
+            del self.skipped[path]
 
 
 class Intake:
@@ -362,9 +367,11 @@ class Intake:
              "scans": s.scans, "scanned": s.scanned_at,
              # The oldest first: a stable list, not one that jumps every second.
              "skipped": sorted(({"path": str(path), "reason": skip.reason, "since": skip.since}
-                                for path, skip in itertools.islice(s.skipped.items(), SKIPPED_SHOWN)),
+                                for path, skip in itertools.islice(
+                                    itertools.chain(s.skipped.items(), s.finals.skipped.items() if s.finals else ()),
+                                    SKIPPED_SHOWN)),
                                key=lambda e: e["path"]),
-             "skipped_total": len(s.skipped) + s.untracked}
+             "skipped_total": len(s.skipped) + s.untracked + (len(s.finals.skipped) if s.finals else 0)}
             for s in self.states.values()
         ]
 
@@ -831,31 +838,41 @@ class Intake:
 
     def _final_dropped(self, state: _WatchState, path: Path) -> None:
         """A file settled in the finals folder: the finals of the proofs it is (or is the original of)."""
-        watch = state.watch
+        watch, finals = state.watch, state.finals
         try:
             _, sha, _ = _hash_regular(path)
         except (_NotRegular, FileNotFoundError):
             return
-        proofs = [j for j in self.ledger.proofs(watch.name) if not j.put_aside]
-        mine = [j for j in proofs if j.sha256 == sha] or [
-            j for j in proofs if j.output_path is not None and Path(j.output_path).name == path.name]
+        mine, how = proofs_matching(self.ledger, watch.name, path, sha)
         if not mine:
-            log.warning("%s is neither a proof of watch %s nor the original of one; drop a file from %s (or its "
-                        "original) to render its final", path, watch.name, watch.proofs_dir)
+            reason = (f"asks for no final: neither a proof of watch {watch.name} (by content or name) nor the "
+                      f"original of one; drop a file from {watch.proofs_dir} (or its original)")
+            self._not_a_final(finals, path, reason)
             return
-        waiting = False
+        waiting, refused = False, []
         for proof in mine:
             try:
-                result = request_final(self.config, self.ledger, proof.id)
+                result = request_final(self.config, self.ledger, proof.id, source=path if how == "original" else None)
             except FinalError as exc:
-                log.warning("%s: %s", path.name, exc)
-                waiting = waiting or proof.state != DONE
+                refused.append(str(exc))
+                waiting = waiting or proof.state not in (DONE, FAILED, DEAD)
                 continue
-            word = "queued" if result.created else f"already {result.job.shown_state}"
             log.info("%s: final of proof %d (%s, preset %s) %s (job %d)", path.name, proof.id,
-                     Path(proof.source_path).name, proof.preset, word, result.job.id)
+                     Path(proof.source_path).name, proof.preset, result.word, result.job.id)
+        if refused:
+            self._not_a_final(finals, path, "; ".join(refused))
+        else:
+            finals.skipped.pop(path, None)
         if waiting:
-            state.finals.tracker.unreport(path)  # a proof still running: asked again at the next scan
+            finals.tracker.unreport(path)  # a proof still running: asked again at the next scan
+
+    @staticmethod
+    def _not_a_final(finals: _FinalsDrop, path: Path, reason: str) -> None:
+        """A drop that asked for no final (or not all): logged once, listed under "not taken" in status."""
+        old = finals.skipped.get(path)
+        if old is None or old.reason != reason:
+            log.warning("%s: %s", path, reason)
+        finals.skipped[path] = _Skip(reason, None, old.since if old is not None else time.time(), False)
 
     def _finish_waiting(self, state: _WatchState) -> None:
         """Names whose content is finished: moved (or kept) as the watch says, as its job's own source was.

@@ -93,6 +93,8 @@ def _target(ledger: Ledger, watch: Watch, sha256: str, path: Path) -> tuple[Path
         return None
     if not path.exists():
         return None
+    if watch.finals_dir is not None and path.is_relative_to(watch.finals_dir):
+        return None  # a copy dropped to ask for a final (its original was gone): it stays where it was dropped
     if all(j.state == DONE for j in jobs):
         if watch.processed_dir is not None and path.is_relative_to(watch.processed_dir):
             return None  # moved there when its proofs were done; a final read it from there

@@ -31,8 +31,8 @@ from PIL import Image, PngImagePlugin
 
 from ..config import Config, Preset
 from ..errors import NstWatchError
-from ..jobs import DONE, FAILED, DEAD, AddResult, Job, Ledger
-from .identity import preset_hash, size_bucket
+from ..jobs import DEAD, DONE, FAILED, Job, Ledger
+from .identity import file_sha256, preset_hash, size_bucket
 from .publish import write_file
 
 log = logging.getLogger("nst_watch.proofs")
@@ -43,6 +43,22 @@ _LOOK_KEY = "nst-watch-look"
 
 class FinalError(NstWatchError):
     """A final that cannot be asked for (no such job, not a proof, not done yet, a size no larger than the proof)."""
+
+
+@dataclass
+class FinalRequest:
+    """What request_final did: `job` is the final; `created` (a new job) or `requeued` (it had failed or died)."""
+
+    job: Job
+    created: bool
+    requeued: bool = False
+
+    @property
+    def word(self) -> str:
+        """"queued", "queued again" (it had failed) or "already <state>", for messages."""
+        if self.created:
+            return "queued"
+        return "queued again" if self.requeued else f"already {self.job.shown_state}"
 
 
 @dataclass
@@ -156,15 +172,18 @@ def sized(preset: Preset, size: int | str | None) -> Preset:
     return preset if size is None or size == preset.size else preset.model_copy(update={"size": size})
 
 
-def request_final(config: Config, ledger: Ledger, proof_id: int, size: int | str | None = None) -> AddResult:
+def request_final(config: Config, ledger: Ledger, proof_id: int, size: int | str | None = None, *,
+                  source: Path | None = None) -> FinalRequest:
     """Queue the final of proof job `proof_id` at `size` (None: the preset's own size), or return it if queued.
 
     The same proof and size always give the same job (the ledger's
     identity); asking again for a final that failed or died queues it
     again. The final renders from the proof's original (wherever the
     ledger followed it), with its mask, into the watch's output folder
-    (for a submitted proof: the folder above its proofs folder).
-    FinalError naming the job and the fix otherwise.
+    (for a submitted proof: the folder above its proofs folder). `source`
+    is a copy of that original (one dropped into the finals folder), read
+    instead where the original is gone. FinalError naming the job and the
+    fix otherwise.
     """
     job = ledger.get(int(proof_id))
     if job is None:
@@ -173,27 +192,68 @@ def request_final(config: Config, ledger: Ledger, proof_id: int, size: int | str
         what = f"a final of proof {job.proof_id}" if job.proof_id is not None else "not a proof"
         raise FinalError(f"job {job.id} is {what}: give the job number of a proof (status --json: role \"proof\")")
     if job.state != DONE or job.put_aside:
+        fix = ("retry it (a proof size the photo cannot take needs a larger proof)" if job.state in (FAILED, DEAD)
+               else "its final can be asked for once the proof is made")
         raise FinalError(f"proof {job.id} ({Path(job.source_path).name}, preset {job.preset}) is "
-                         f"{job.shown_state}, not done: its final can be asked for once the proof is made")
+                         f"{job.shown_state}, not done: {fix}")
     preset = config.presets.get(job.preset)
     if preset is None:
         raise FinalError(f"proof {job.id}: preset {job.preset!r} is no longer in the config; restore it to render "
                          "its final")
     final = sized(preset, size)
     if final.size != "full" and final.size <= job.proof:
-        raise FinalError(f"proof {job.id} is {job.proof} px: its final must be larger (give --size full or more "
-                         f"than {job.proof} px; the preset's own size is {preset.size})")
+        raise FinalError(f"proof {job.id} is {job.proof} px: its final must be larger (size full, or more than "
+                         f"{job.proof} px; the preset's own size is {preset.size})")
+    original = Path(job.source_path)
+    if not original.is_file():
+        if source is None:
+            watch = config.watch(job.watch) if job.watch else None
+            where = f"drop a copy into {watch.finals_dir}" if watch is not None and watch.finals_dir else \
+                "put it back"
+            raise FinalError(f"proof {job.id}: its original {original} is gone; {where} to render its final")
+        original = source
     result = ledger.add(
-        sha256=job.sha256, preset=job.preset, preset_hash=preset_hash(final), source_path=job.source_path,
+        sha256=job.sha256, preset=job.preset, preset_hash=preset_hash(final), source_path=original,
         watch=job.watch, output_dir=_final_dir(config, job),
-        bucket=size_bucket(Path(job.source_path), final.size), priority=FINAL_PRIORITY,
+        bucket=size_bucket(original, final.size), priority=FINAL_PRIORITY,
         mask_path=job.mask_path, mask_sha256=job.mask_sha256,
         size=None if final.size == preset.size else final.size, proof_id=job.id,
     )
-    if not result.created and result.job.state in (FAILED, DEAD):
-        ledger.retry([result.job.id])
-        result = AddResult(ledger.get(result.job.id), False)  # type: ignore[arg-type]
-    return result
+    if result.created or result.job.state not in (FAILED, DEAD):
+        return FinalRequest(result.job, result.created)
+    if source is not None:
+        original = source  # a copy that holds the photo (matched by content): the original may have changed
+    if Path(result.job.source_path) != original:
+        ledger.relocate(result.job.id, original)
+    ledger.retry([result.job.id])
+    return FinalRequest(ledger.get(result.job.id), False, requeued=True)  # type: ignore[arg-type]
+
+
+def proofs_matching(ledger: Ledger, watch: str, path: Path, sha256: str) -> tuple[list[Job], str]:
+    """(proofs of `watch` that the file at `path` asks finals for, how it matched: "original" | "proof" | "name").
+
+    By content first: the original of one or more proofs (each preset's),
+    or a proof's own file under any name (its output file, compared where
+    the sizes agree); else by the proof's file name, for a proof whose bytes
+    a photo tool changed (a rating written into it). Jobs put aside are no proofs.
+    """
+    proofs = [j for j in ledger.proofs(watch) if not j.put_aside]
+    originals = [j for j in proofs if j.sha256 == sha256]
+    if originals:
+        return originals, "original"
+    size = path.stat().st_size
+    same = []
+    for job in proofs:
+        if job.output_path is None:
+            continue
+        try:
+            if os.stat(job.output_path).st_size == size and file_sha256(Path(job.output_path)) == sha256:
+                same.append(job)
+        except OSError:
+            continue
+    if same:
+        return same, "proof"
+    return [j for j in proofs if j.output_path is not None and Path(j.output_path).name == path.name], "name"
 
 
 def _final_dir(config: Config, proof: Job) -> Path:

@@ -315,8 +315,13 @@ def _job_view(job) -> dict:
         "mask": job.mask_path, "mask_sha256": job.mask_sha256,
         "output": job.output_path, "attempts": job.attempts, "error": job.error, "updated": job.updated_at,
         # Proofs, then finals: "proof" (proof: its px), "final" (proof_id: the proof it is of), or "".
-        "role": job.role, "size": job.size, "proof": job.proof, "proof_id": job.proof_id,
+        "role": job.role, "size": _size(job.size), "proof": job.proof, "proof_id": job.proof_id,
     }
+
+
+def _size(size: str | None) -> int | str | None:
+    """A job's size override as JSON: pixels as a number, "full", or None (its preset's own)."""
+    return int(size) if size is not None and size.isdigit() else size
 
 
 def status_line(counts: dict, watches: int, skipped: int = 0, cluster: dict | None = None,

@@ -275,9 +275,10 @@ class WebView:
             return _error(409, str(exc))
         except LedgerError as exc:
             return _error(503, f"{exc}; try again in a moment")
-        if result.created:
-            log.info("job %d: final of proof %d queued from the web view", result.job.id, job_id)
-        return JSONResponse({"job": result.job.id, "created": result.created, "state": result.job.shown_state})
+        if result.created or result.requeued:
+            log.info("job %d: final of proof %d %s from the web view", result.job.id, job_id, result.word)
+        return JSONResponse({"job": result.job.id, "created": result.created, "requeued": result.requeued,
+                             "state": result.job.shown_state})
 
 
 def _error(status: int, message: str) -> JSONResponse:
