@@ -19,7 +19,9 @@ from PIL import Image
 from daemon_kit import Studio, photo, wait_until
 from nst_watch.config import Preset, load_config
 from nst_watch.engine import Engine, FromProof
-from nst_watch.engine.pyramid import fit_long_edge, proof_schedule
+import nst_watch.engine.engine as engine_module
+from nst_watch.engine.losses import ProofLoss
+from nst_watch.engine.pyramid import fit_long_edge, proof_schedule, resize
 from nst_watch.errors import ConfigError
 from nst_watch.jobs import SCHEMA_VERSION, Ledger
 from nst_watch.service.proofs import FinalError, evict, keep_proof, kept_path, kept_proof, request_final
@@ -80,6 +82,49 @@ def test_a_final_from_its_proof_runs_only_the_scales_above_it(engine, color):
     kept = engine.stylize([content], final_preset, [style],
                           resume=[FromProof(pixels, proof_preset.fingerprint(size=False))])[0]
     assert kept.iterations == final.iterations
+
+
+def _gap(proof: torch.Tensor, final: torch.Tensor) -> float:
+    """Mean absolute difference of the proof and the final shrunk to its size."""
+    return float((resize(final[None], tuple(proof.shape[-2:]))[0] - proof).abs().mean())
+
+
+def test_the_proof_term_holds_the_final_to_its_proof(engine, monkeypatch):
+    content, style = _pictures()
+    proof_preset = Preset(styles=["s.png"], size=32, iterations=360, early_stop=None, pyramid=None, style_weight=30,
+                          **SHALLOW)
+    final_preset = proof_preset.model_copy(update={"size": 96})  # 40 refine iterations at 96 px
+    proof = engine.stylize([content], proof_preset, [style])[0]
+    start = FromProof(proof.image, proof_preset.fingerprint(size=False))
+    held = engine.stylize([content], final_preset, [style], resume=[start])[0]
+    monkeypatch.setattr(engine_module, "PROOF_WEIGHT", 0.0)
+    free = engine.stylize([content], final_preset, [style], resume=[start])[0]
+    assert _gap(proof.image, held.image) < 0.5 * _gap(proof.image, free.image)
+    assert held.tv > free.tv  # the term is reported in the pixel terms' row
+
+
+def test_the_proof_term_and_its_gradient_are_exact_and_tiled_alike(monkeypatch):
+    """losses.ProofLoss against autograd through its own forward (fp64), and a tiled final equals the untiled."""
+    image = torch.rand(2, 3, 40, 52, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    proof = torch.rand(2, 3, 10, 13, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    term = ProofLoss(proof, 7.0)
+    value, gradient = term.value_and_gradient(image)
+    leaf = image.clone().requires_grad_(True)
+    expected = 7.0 * ((torch.nn.functional.interpolate(leaf, size=(10, 13), mode="bicubic", antialias=True)
+                       - proof) ** 2).mean(dim=(1, 2, 3))
+    (grad,) = torch.autograd.grad(expected.sum(), leaf)
+    assert torch.allclose(value, expected.detach()) and torch.allclose(gradient, grad)
+    engine = Engine(device="cpu", weights="random", precision="fp64")
+    content, style = _pictures()
+    proof_preset = Preset(styles=["s.png"], size=32, iterations=8, early_stop=None, pyramid=None, **SHALLOW)
+    final_preset = proof_preset.model_copy(update={"size": 96})
+    start = FromProof(engine.stylize([content], proof_preset, [style])[0].image, proof_preset.fingerprint(size=False))
+    [untiled] = engine.stylize([content], final_preset, [style], resume=[start])
+    monkeypatch.setattr(engine, "work_memory", engine.untiled_bytes((72, 96), final_preset.history_size) // 2)
+    [tiled] = engine.stylize([content], final_preset, [style], resume=[start])
+    assert tiled.timings["tiles"] > 1 and "tiles" not in untiled.timings
+    assert float((tiled.image - untiled.image).abs().max()) <= 1 / 255
+    assert tiled.loss == pytest.approx(untiled.loss, rel=1e-4)
 
 
 def test_a_proof_a_pixel_off_the_final_s_rounding_still_starts_it(engine, caplog):

@@ -322,6 +322,57 @@ class KeepLoss(nn.Module):
         return (weighted * diff).sum(dim=(1, 2, 3)), weighted.mul_(2)
 
 
+class ProofLoss(nn.Module):
+    """Holds a final to its proof: weight * mean over C, h, w of |D(x) - proof|^2, per image.
+
+    D shrinks the image to the proof's size with the pyramid's antialiased
+    bicubic (pyramid.resize, unclamped, so the term is smooth): only what the
+    proof shows, its layout at the proof's scale, is held, and the finer
+    scales are free to add detail. Not in Gatys et al.: their pyramid
+    (and ours from scratch) lets every scale move the picture, and a proof
+    whose final drifts from it is no proof (benchmarks/RESULTS.md, "Proofs,
+    then finals": luminance SSIM to the proof 0.66-0.77 without this term).
+    `proof` is [N, C, h, w] (C = 1 for colour: luminance, as the optimised
+    image). Pixel-space like TV and KeepLoss, and reported in TV's row.
+    """
+
+    def __init__(self, proof: torch.Tensor, weight: float):
+        super().__init__()
+        self.register_buffer("proof", proof.detach())
+        self.weight = float(weight)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.value_and_gradient(image)[0]
+
+    def value_and_gradient(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([N] values, d value / d image): D's adjoint by autograd through the resize alone (no VGG19)."""
+        from .pyramid import resize  # pyramid imports config only; here to keep losses free of the pyramid
+
+        proof = self.proof.to(image.device, image.dtype)
+        scale = self.weight / proof[0].numel()
+        with torch.enable_grad():
+            leaf = image.detach().requires_grad_(True)
+            diff = resize(leaf, tuple(proof.shape[-2:]), clamp=False) - proof
+            value = diff.pow(2).sum(dim=(1, 2, 3)) * scale
+            (gradient,) = torch.autograd.grad(value.sum(), leaf)
+        return value.detach(), gradient
+
+
+class PixelTerms(nn.Module):
+    """The sum of pixel-space terms (KeepLoss, ProofLoss) as one, for the objective's `keep` slot."""
+
+    def __init__(self, *terms: nn.Module):
+        super().__init__()
+        self.terms = nn.ModuleList(terms)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return sum(term(image) for term in self.terms)
+
+    def value_and_gradient(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [term.value_and_gradient(image) for term in self.terms]
+        return sum(v for v, _ in parts), sum(g for _, g in parts)
+
+
 class TVLoss(nn.Module):
     """Total variation: weight * (mean squared difference of horizontal neighbours + of vertical ones).
 

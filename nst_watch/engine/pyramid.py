@@ -83,7 +83,11 @@ def proof_schedule(preset: Preset, proof_edge: int) -> tuple[list[int], list[int
     laid out at the proof's size, so those scales only refine, as the
     scales above REFINE_EDGE do in a run from scratch (scale_iterations):
     `iterations` x (proof_edge / edge)^2, at least MIN_REFINE, at most
-    `iterations`, so each costs about what the proof's last scale did.
+    `iterations`, so each costs about what the proof's last scale did. What
+    keeps them from laying the picture out anew is the engine's proof term
+    (losses.ProofLoss), not fewer iterations: without it a 96 px proof's
+    first refine scale fell from luminance SSIM 0.99 to the proof after 1
+    iteration to 0.82-0.90 after 25 (benchmarks/RESULTS.md).
     `pyramid.iterations` does not apply: it lists a whole run's scales.
     """
     above = [edge for edge in scale_sizes(preset) if edge > proof_edge]
@@ -130,8 +134,9 @@ def fits_gpu_kernel(source: tuple[int, int], target: tuple[int, int], itemsize: 
     return all(gpu_shared_bytes(source, target, itemsize, warp) <= shared for warp, shared in GPU_BLOCKS)
 
 
-def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[N, C, H, W] -> [N, C, *size], antialiased bicubic, clamped to [0, 1]; runs on every device.
+def resize(image: torch.Tensor, size: tuple[int, int], *, clamp: bool = True) -> torch.Tensor:
+    """[N, C, H, W] -> [N, C, *size], antialiased bicubic, clamped to [0, 1] (unless clamp=False: a smooth,
+    linear map, for losses.ProofLoss); runs on every device.
 
     One call of `F.interpolate(mode="bicubic", antialias=True)` wherever the
     GPU kernel takes it (fits_gpu_kernel). Otherwise the width is resized
@@ -148,14 +153,15 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return image
     itemsize = image.element_size()
     if fits_gpu_kernel(source, size, itemsize):
-        return _bicubic(image, size).clamp(0, 1)
+        out = _bicubic(image, size)
+        return out.clamp(0, 1) if clamp else out
     out = image
     for axis in (1, 0):  # width, then height
         for step in _axis_steps(source[axis], size[axis], axis, itemsize):
             target = list(out.shape[-2:])
             target[axis] = step
             out = _bicubic(out, tuple(target))
-    return out.clamp(0, 1)
+    return out.clamp(0, 1) if clamp else out
 
 
 def _bicubic(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
