@@ -21,7 +21,7 @@ from ...jobs import DONE, LEASED, Job, Ledger
 from ..status import jsonable, read_live, step_progress, workers_of
 from ..thumbs import thumbs_dir
 
-SHOWN = 5000  # proofs listed at most (the ledger's oldest first)
+SHOWN = 5000  # proofs listed at most: the newest (Ledger.proofs)
 
 
 def proof_sheet(state_dir: Path, ledger: Ledger, config: Config | None, *, limit: int = SHOWN) -> dict:
