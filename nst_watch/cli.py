@@ -518,7 +518,7 @@ def submit(config_path: Path, files, presets, masks, out_dir: Path, proof: int |
             mask_sha = file_sha256(mask) if mask is not None else None
             for name, preset in chosen.items():
                 problem = _submit_mask_problem(path, mask, preset, config.max_pixels) or (
-                    proof is not None and _proof_size_problem(path, preset, proof))
+                    _proof_size_problem(path, preset, proof) if proof is not None else None)
                 if problem is not None:
                     refuse(path, problem, preset=name)
                     continue

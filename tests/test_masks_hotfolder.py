@@ -232,7 +232,7 @@ def test_a_v2_ledger_is_upgraded_in_place_keeping_every_job(tmp_path):
                 "VALUES ('s', 'w', '/in/p4.jpg', '/failed/p4.jpg', 0, 0)")
     old.close()
     with Ledger(db) as ledger:
-        assert ledger.pragmas()["user_version"] == SCHEMA_VERSION == 3
+        assert ledger.pragmas()["user_version"] == SCHEMA_VERSION == len(MIGRATIONS)
         jobs = sorted(ledger.recent(100), key=lambda j: j.id)
         assert [(j.id, j.sha256, j.preset, j.preset_hash, j.source_path, j.state) for j in jobs] == rows
         assert all(j.mask_path is None and j.mask_sha256 is None for j in jobs)
