@@ -483,8 +483,8 @@ def submit(config_path: Path, files, presets, masks, out_dir: Path, proof: int |
     preset that names regions needs one.
     """
     from .photo.decode import sniff
-    from .service.identity import file_sha256, preset_hash, size_bucket
-    from .service.proofs import sized
+    from .service.identity import file_sha256
+    from .service.proofs import rendering
 
     config = load_config(config_path)
     chosen = {name: config.preset(name) for name in presets}
@@ -522,14 +522,9 @@ def submit(config_path: Path, files, presets, masks, out_dir: Path, proof: int |
                 if problem is not None:
                     refuse(path, problem, preset=name)
                     continue
-                rendering = {"preset_hash": preset_hash(preset), "output_dir": out_dir.resolve(),
-                             "bucket": size_bucket(path, preset.size)}
-                if proof is not None and (preset.size == "full" or preset.size > proof):
-                    rendering = {"preset_hash": preset_hash(sized(preset, proof)),
-                                 "output_dir": out_dir.resolve() / "proofs", "bucket": size_bucket(path, proof),
-                                 "size": proof, "proof": proof}
                 result = ledger.add(sha256=sha, preset=name, source_path=path, mask_path=mask, mask_sha256=mask_sha,
-                                    **rendering)
+                                    **rendering(preset, path, proof=proof, output_dir=out_dir.resolve(),
+                                                proofs_dir=out_dir.resolve() / "proofs"))
                 job = result.job
                 records.append({"file": str(path), "preset": name, "mask": str(mask) if mask else None,
                                 "job": job.id, "created": result.created, "state": job.state, "role": job.role,

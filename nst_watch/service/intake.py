@@ -40,9 +40,8 @@ from ..photo import clean_temp_files
 from ..photo.decode import sniff
 from ..watch import (DEFAULT_IGNORE, EMPTY, SYMLINK, TOO_LONG, FolderWatcher, MaskNames, PathFilter,
                      SettleTracker, describe_os_error, path_too_long, scan)
-from .identity import preset_hash, size_bucket
 from .originals import finish_original, recover_originals, retry_moves
-from .proofs import FinalError, proofs_matching, request_final, sized
+from .proofs import FinalError, proofs_matching, rendering, request_final
 
 log = logging.getLogger("nst_watch.intake")
 
@@ -150,20 +149,6 @@ class _Skip:
     sig: tuple | None  # when recorded; a change means "look again"
     since: float  # wall clock, for status
     retry: bool  # a passing state (read error): every reconcile scan tries it again
-
-
-def _rendering(watch: Watch, preset, path: Path) -> dict:
-    """Ledger.add's arguments for how a watch renders `preset` for the photo at `path`: at once, or as a proof.
-
-    A watch with `proof: PX` proofs every preset larger than PX (or full)
-    into its proofs folder; a preset no larger than the proof is rendered
-    at once, as its proof would be its final.
-    """
-    if watch.proof is not None and (preset.size == "full" or preset.size > watch.proof):
-        proof = sized(preset, watch.proof)
-        return {"preset_hash": preset_hash(proof), "output_dir": watch.proofs_dir,
-                "bucket": size_bucket(path, watch.proof), "size": watch.proof, "proof": watch.proof}
-    return {"preset_hash": preset_hash(preset), "output_dir": watch.output, "bucket": size_bucket(path, preset.size)}
 
 
 class _WatchState:
@@ -735,7 +720,8 @@ class Intake:
             elif preset.needs_mask:
                 extra = {"wait": (watch.mask.wait_seconds, self._mask_wait(state, path))}
             result = self.ledger.add(sha256=sha, preset=name, source_path=path, watch=watch.name,
-                                     **_rendering(watch, preset, path), **extra)
+                                     **rendering(preset, path, proof=watch.proof, output_dir=watch.output,
+                                                proofs_dir=watch.proofs_dir), **extra)
             job = result.job
             with_mask = f" with mask {mask[0].name}" if mask is not None else ""
             if result.created:
@@ -809,7 +795,8 @@ class Intake:
         watch = state.watch
         for name in presets:
             result = self.ledger.add(sha256=sha, preset=name, source_path=path, watch=watch.name,
-                                     **_rendering(watch, self.config.presets[name], path), error=str(problem))
+                                     **rendering(self.config.presets[name], path, proof=watch.proof,
+                                                output_dir=watch.output, proofs_dir=watch.proofs_dir), error=str(problem))
             if not result.created and result.job.state in (FAILED, DEAD):
                 self.ledger.relocate(result.job.id, path)  # dropped again: the report names its new place
         log.error("%s; not queued", problem)

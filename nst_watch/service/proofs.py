@@ -172,6 +172,19 @@ def sized(preset: Preset, size: int | str | None) -> Preset:
     return preset if size is None or size == preset.size else preset.model_copy(update={"size": size})
 
 
+def rendering(preset: Preset, path: Path, *, proof: int | None, output_dir: Path, proofs_dir: Path) -> dict:
+    """Ledger.add's arguments for rendering `preset` for the photo at `path`: at once, or as a `proof` px proof.
+
+    A preset larger than the proof (or full) is proofed into `proofs_dir`;
+    one no larger is rendered at once into `output_dir`, as its proof would
+    be its final. The watch's intake and `submit --proof` both ask here.
+    """
+    if proof is not None and (preset.size == "full" or preset.size > proof):
+        return {"preset_hash": preset_hash(sized(preset, proof)), "output_dir": proofs_dir,
+                "bucket": size_bucket(path, proof), "size": proof, "proof": proof}
+    return {"preset_hash": preset_hash(preset), "output_dir": output_dir, "bucket": size_bucket(path, preset.size)}
+
+
 def request_final(config: Config, ledger: Ledger, proof_id: int, size: int | str | None = None, *,
                   source: Path | None = None) -> FinalRequest:
     """Queue the final of proof job `proof_id` at `size` (None: the preset's own size), or return it if queued.
