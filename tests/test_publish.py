@@ -390,8 +390,10 @@ def test_field_case_a_full_tmpfs_under_processed_never_holds_a_partial_photo(tmp
         assert (tmp_path / "inbox" / "n0.png").read_bytes() == kept
         assert [p.name for p in (out / "outbox").iterdir()] == ["n0-p1.jpg"]
         (out / "filler").unlink()
-        wait_until(lambda: entries(out / "processed") == ["n0.png"], timeout=60, what="the move at the reconcile")
-        assert (out / "processed" / "n0.png").read_bytes() == kept and entries(tmp_path / "inbox") == []
+        # Across file systems the copy is published before the inbox file goes: wait for both.
+        wait_until(lambda: entries(out / "processed") == ["n0.png"] and entries(tmp_path / "inbox") == [],
+                   timeout=60, what="the move at the reconcile")
+        assert (out / "processed" / "n0.png").read_bytes() == kept
         status = json.loads(nst("status", "-c", config, "--json").stdout)
         assert [r["source"] for r in status["recent"]] == [str(tmp_path / "out" / "processed" / "n0.png")]
     finally:
