@@ -108,7 +108,12 @@ def proof_schedule(preset: Preset, proof_edge: int) -> tuple[list[int], list[int
 #     (taps_w * warp + taps_h * (warp + 1)) * itemsize
 # bytes (its block is one warp wide and at least one row high). Calls within
 # that bound on both GPU families run as one call, exactly as before; others
-# are split.
+# are split. The backward kernel (the proof term's gradient goes through a
+# shrink) runs a fixed block, one warp by 256 / warp rows, and needs
+#     (taps_w * warp + taps_h * 256 / warp) * itemsize
+# bytes: never more than the forward's least, so a call that passes forward
+# passes backward. It adds with atomics, so its sums are not bit-for-bit
+# the same from run to run on a GPU (the CPU's are).
 
 # (threads per warp, shared memory per block in bytes) of the GPU kernels: CUDA's default
 # limit on every NVIDIA GPU since Kepler, and ROCm's wavefront and LDS.
