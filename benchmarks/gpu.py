@@ -469,6 +469,8 @@ def part_masks(report: Report, engine: Engine) -> None:
 
 
 def part_proofs(report: Report, engine: Engine) -> None:
+    from proofs import as_kept  # benchmarks/proofs.py; here, so a failed import costs this part only
+
     (w, h), proof_size = ((240, 136), 48) if report.smoke else ((3840, 2160), 512)
     content, style = photo(h, w, seed=11), painting(512 if not report.smoke else 96)
     # The default preset; the smoke run's 8 iterations are below the refine scales' floor (pyramid.MIN_REFINE),
@@ -477,8 +479,7 @@ def part_proofs(report: Report, engine: Engine) -> None:
     proof_preset = Preset(name="proof", size=proof_size, **look)
     final = Preset(name="final", size="full", **look)
     [proof] = engine.stylize([content], proof_preset, [style])
-    kept = (proof.image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu()  # as the daemon keeps it: 8-bit
-    start = FromProof(kept, proof_preset.fingerprint(size=False))
+    start = FromProof(as_kept(proof.image.cpu()), proof_preset.fingerprint(size=False))
     runs = {}
     for kind, resume in (("scratch", None), ("from_proof", [start]), ("scratch", None), ("from_proof", [start])):
         events: list = []
